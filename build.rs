@@ -1,0 +1,18 @@
+//! Compiles `proto/` with protox (no system `protoc`) and writes the
+//! descriptor set that the reflection service serves.
+
+use std::{env, error::Error, path::PathBuf};
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let descriptors = protox::compile(["rekey/v1/rekey.proto"], ["proto"])?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("rekey_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! The schema of rekey, as sea-orm migrations. `rekey` runs them at start;
+//! tests run these same migrations, never a schema derived from entities.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_initial_schema;
+
+/// Applies rekey's migrations in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_initial_schema::Migration)]
+    }
+}

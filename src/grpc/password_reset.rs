@@ -1,0 +1,103 @@
+use tonic::{Request, Response, Status};
+
+use super::{
+    pb::{self, password_reset_server::PasswordReset},
+    timestamp, to_status,
+};
+use crate::{
+    domain::Purpose,
+    service::{self, LinkRequestInput, ResetPasswordInput, ServiceContext},
+};
+
+/// `rekey.v1.PasswordReset`.
+pub struct PasswordResetService {
+    ctx: ServiceContext,
+}
+
+impl PasswordResetService {
+    pub fn new(ctx: ServiceContext) -> Self {
+        Self { ctx }
+    }
+}
+
+fn client_fields(client: Option<pb::ClientContext>) -> (String, String) {
+    client.map_or_else(Default::default, |c| (c.ip, c.user_agent))
+}
+
+#[tonic::async_trait]
+impl PasswordReset for PasswordResetService {
+    async fn request_reset(
+        &self,
+        request: Request<pb::RequestResetRequest>,
+    ) -> Result<Response<pb::RequestResetResponse>, Status> {
+        let message = request.into_inner();
+        let (client_ip, client_user_agent) = client_fields(message.client);
+        let input = LinkRequestInput {
+            email: message.email,
+            display_name: String::new(),
+            locale: message.locale,
+            reset_url: message.reset_url,
+            client_ip,
+            client_user_agent,
+        };
+        service::request_reset(&self.ctx, input)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::RequestResetResponse {}))
+    }
+
+    async fn verify_token(
+        &self,
+        request: Request<pb::VerifyTokenRequest>,
+    ) -> Result<Response<pb::VerifyTokenResponse>, Status> {
+        let info = service::verify_token(&self.ctx, &request.into_inner().token)
+            .await
+            .map_err(to_status)?;
+        let purpose = match info.purpose {
+            Purpose::Reset => pb::Purpose::Reset,
+            Purpose::SignUp => pb::Purpose::SignUp,
+        };
+        Ok(Response::new(pb::VerifyTokenResponse {
+            purpose: purpose.into(),
+            expires_at: Some(timestamp(info.expires_at)),
+            email_hint: info.email_hint,
+        }))
+    }
+
+    async fn reset_password(
+        &self,
+        request: Request<pb::ResetPasswordRequest>,
+    ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
+        let message = request.into_inner();
+        let account_id = service::reset_password(
+            &self.ctx,
+            ResetPasswordInput {
+                token: message.token,
+                new_password: message.new_password,
+            },
+        )
+        .await
+        .map_err(to_status)?;
+        Ok(Response::new(pb::ResetPasswordResponse { account_id }))
+    }
+
+    async fn sign_up(
+        &self,
+        request: Request<pb::SignUpRequest>,
+    ) -> Result<Response<pb::SignUpResponse>, Status> {
+        let message = request.into_inner();
+        let (client_ip, client_user_agent) = client_fields(message.client);
+        let input = LinkRequestInput {
+            email: message.email,
+            display_name: message.display_name,
+            locale: message.locale,
+            reset_url: message.reset_url,
+            client_ip,
+            client_user_agent,
+        };
+        service::sign_up(&self.ctx, input)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::SignUpResponse {}))
+    }
+}

@@ -1,0 +1,162 @@
+//! Mail templates: one per kind and locale, each with a subject, a text and
+//! an HTML part. They are embedded in the binary; lookup falls back from
+//! "de-CH" to "de" to the default locale.
+
+use minijinja::{Environment, Value};
+
+use crate::domain::Locale;
+
+/// Which mail to render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateKind {
+    Reset,
+    SignUp,
+    AlreadyRegistered,
+    PasswordChanged,
+}
+
+impl TemplateKind {
+    fn name(self) -> &'static str {
+        match self {
+            TemplateKind::Reset => "reset",
+            TemplateKind::SignUp => "sign_up",
+            TemplateKind::AlreadyRegistered => "already_registered",
+            TemplateKind::PasswordChanged => "password_changed",
+        }
+    }
+}
+
+/// A rendered mail body.
+pub struct RenderedMail {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+const DEFAULT_LOCALE: &str = "en";
+
+macro_rules! embedded {
+    ($locale:literal, $($kind:literal),+) => {
+        [$(
+            (concat!($locale, "/", $kind, ".subject"), include_str!(concat!("templates/", $locale, "/", $kind, ".subject"))),
+            (concat!($locale, "/", $kind, ".txt"), include_str!(concat!("templates/", $locale, "/", $kind, ".txt"))),
+            (concat!($locale, "/", $kind, ".html"), include_str!(concat!("templates/", $locale, "/", $kind, ".html"))),
+        )+]
+    };
+}
+
+const EMBEDDED: [(&str, &str); 12] = embedded!(
+    "en",
+    "reset",
+    "sign_up",
+    "already_registered",
+    "password_changed"
+);
+
+/// The template set. `.html` templates auto-escape their values.
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("mail template error: {0}")]
+pub struct TemplateError(String);
+
+impl Templates {
+    /// Loads and compiles the embedded templates; a broken one fails start-up.
+    pub fn embedded() -> Result<Self, TemplateError> {
+        let mut env = Environment::new();
+        for (name, source) in EMBEDDED {
+            env.add_template(name, source)
+                .map_err(|e| TemplateError(format!("{name}: {e}")))?;
+        }
+        Ok(Self { env })
+    }
+
+    pub fn render(
+        &self,
+        kind: TemplateKind,
+        locale: &Locale,
+        context: Value,
+    ) -> Result<RenderedMail, TemplateError> {
+        let prefix = self.resolve(kind, locale);
+        let part = |ext: &str| {
+            let name = format!("{prefix}/{}.{ext}", kind.name());
+            self.env
+                .get_template(&name)
+                .and_then(|t| t.render(&context))
+                .map_err(|e| TemplateError(format!("{name}: {e}")))
+        };
+        Ok(RenderedMail {
+            subject: part("subject")?.trim().to_owned(),
+            text: part("txt")?,
+            html: part("html")?,
+        })
+    }
+
+    /// The most specific locale that has this kind, else the default.
+    fn resolve<'a>(&self, kind: TemplateKind, locale: &'a Locale) -> &'a str {
+        locale
+            .fallbacks()
+            .into_iter()
+            .find(|candidate| {
+                self.env
+                    .get_template(&format!("{candidate}/{}.subject", kind.name()))
+                    .is_ok()
+            })
+            .unwrap_or(DEFAULT_LOCALE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use minijinja::context;
+
+    #[test]
+    fn every_kind_renders_in_the_default_locale() {
+        let templates = Templates::embedded().unwrap();
+        for kind in [
+            TemplateKind::Reset,
+            TemplateKind::SignUp,
+            TemplateKind::AlreadyRegistered,
+            TemplateKind::PasswordChanged,
+        ] {
+            let mail = templates
+                .render(
+                    kind,
+                    &Locale::default(),
+                    context! { display_name => "Jane", email => "jane@example.com",
+                    link => "https://app.example.com/reset?token=abc",
+                    expires_in => "30m", changed_at => "2026-11-22T04:00:00Z" },
+                )
+                .unwrap();
+            assert!(!mail.subject.is_empty());
+            assert!(mail.text.contains("Jane"));
+            assert!(mail.html.contains("Jane"));
+        }
+    }
+
+    #[test]
+    fn unknown_locales_fall_back_to_the_default() {
+        let templates = Templates::embedded().unwrap();
+        let locale = Locale::parse("locale", "de-CH").unwrap();
+        assert_eq!(templates.resolve(TemplateKind::Reset, &locale), "en");
+    }
+
+    #[test]
+    fn html_escapes_values() {
+        let templates = Templates::embedded().unwrap();
+        let mail = templates
+            .render(
+                TemplateKind::SignUp,
+                &Locale::default(),
+                context! { display_name => "<script>", email => "a@example.com",
+                link => "https://x.example.com/?a=1&token=t", expires_in => "1h" },
+            )
+            .unwrap();
+        assert!(!mail.html.contains("<script>"));
+        assert!(mail.html.contains("&lt;script&gt;"));
+        assert!(mail.text.contains("<script>"));
+    }
+}

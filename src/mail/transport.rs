@@ -1,0 +1,80 @@
+//! Where rendered mail goes: SMTP, `.eml` files, or memory (tests).
+
+use std::sync::{Arc, Mutex};
+
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use secrecy::ExposeSecret;
+
+use crate::config::MailTransportSettings;
+
+/// A configured transport. SMTP keeps a connection pool.
+#[derive(Clone)]
+pub enum MailTransport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    File(AsyncFileTransport<Tokio1Executor>),
+    /// Keeps messages in memory; for tests that need no SMTP server.
+    Memory(Arc<Mutex<Vec<Message>>>),
+}
+
+/// A failed send. `permanent` means retrying cannot help (an SMTP 5xx).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SendError {
+    pub permanent: bool,
+    pub message: String,
+}
+
+impl MailTransport {
+    pub fn from_settings(settings: &MailTransportSettings) -> Result<Self, String> {
+        match settings {
+            MailTransportSettings::Smtp { url, timeout } => {
+                let transport =
+                    AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret().trim())
+                        .map_err(|e| format!("REKEY_SMTP_URL: {e}"))?
+                        .timeout(Some(*timeout))
+                        .build();
+                Ok(Self::Smtp(transport))
+            }
+            MailTransportSettings::File { dir } => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("REKEY_MAIL_DIR {}: {e}", dir.display()))?;
+                Ok(Self::File(AsyncFileTransport::new(dir)))
+            }
+        }
+    }
+
+    /// A short name for logs.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            MailTransport::Smtp(_) => "smtp",
+            MailTransport::File(_) => "file",
+            MailTransport::Memory(_) => "memory",
+        }
+    }
+
+    pub async fn send(&self, message: Message) -> Result<(), SendError> {
+        match self {
+            MailTransport::Smtp(smtp) => {
+                smtp.send(message).await.map(drop).map_err(|e| SendError {
+                    permanent: e.is_permanent(),
+                    message: e.to_string(),
+                })
+            }
+            MailTransport::File(file) => {
+                file.send(message).await.map(drop).map_err(|e| SendError {
+                    permanent: false,
+                    message: e.to_string(),
+                })
+            }
+            MailTransport::Memory(sent) => {
+                sent.lock()
+                    .map_err(|_| SendError {
+                        permanent: false,
+                        message: "memory transport poisoned".to_owned(),
+                    })?
+                    .push(message);
+                Ok(())
+            }
+        }
+    }
+}

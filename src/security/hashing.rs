@@ -1,0 +1,213 @@
+//! Argon2id hashing off the async runtime, on a bounded pool: at most
+//! `concurrency` hashes at once (each holds `memory_kib` of RAM) and at most
+//! `queue_depth` callers waiting. A caller beyond that is told to come back
+//! later instead of growing memory or latency without bound.
+
+use std::sync::Arc;
+
+use argon2::{
+    Algorithm, Argon2, Params, PasswordHash, PasswordHasher as _, PasswordVerifier, Version,
+    password_hash::SaltString,
+};
+use rand::{TryRngCore, rngs::OsRng};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Semaphore;
+
+use crate::config::HashingSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// Every slot and queue place is taken.
+    #[error("password hashing is saturated")]
+    Busy,
+    #[error("password hashing failed: {0}")]
+    Failed(String),
+}
+
+/// The outcome of checking a password against a stored hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub matched: bool,
+    /// A fresh hash under the current parameters, when the stored one used
+    /// others and the password matched.
+    pub rehashed: Option<String>,
+}
+
+/// Hashes and verifies passwords with Argon2id on blocking threads.
+#[derive(Clone)]
+pub struct PasswordHasher {
+    argon: Argon2<'static>,
+    running: Arc<Semaphore>,
+    admitted: Arc<Semaphore>,
+    /// Checked for unknown accounts so they cost what a real check costs.
+    dummy_hash: Arc<str>,
+}
+
+impl PasswordHasher {
+    pub fn new(settings: &HashingSettings) -> Result<Self, HashError> {
+        let params = Params::new(
+            settings.memory_kib,
+            settings.iterations,
+            settings.parallelism,
+            None,
+        )
+        .map_err(|e| HashError::Failed(e.to_string()))?;
+        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let concurrency = settings.concurrency.max(1);
+        let dummy_hash = hash_blocking(&argon, "rekey dummy password for unknown accounts")?;
+        Ok(Self {
+            argon,
+            running: Arc::new(Semaphore::new(concurrency)),
+            admitted: Arc::new(Semaphore::new(concurrency + settings.queue_depth)),
+            dummy_hash: dummy_hash.into(),
+        })
+    }
+
+    /// Hashes a new password into a PHC string.
+    pub async fn hash(&self, password: &str) -> Result<String, HashError> {
+        let password = SecretString::from(password);
+        let argon = self.argon.clone();
+        self.run(move || hash_blocking(&argon, password.expose_secret()))
+            .await
+    }
+
+    /// Checks `password` against `stored`, or against a dummy hash when there
+    /// is no account, so that both cases take the same time.
+    pub async fn verify(
+        &self,
+        stored: Option<String>,
+        password: &str,
+    ) -> Result<Verification, HashError> {
+        let password = SecretString::from(password);
+        let argon = self.argon.clone();
+        let dummy = self.dummy_hash.clone();
+        self.run(move || {
+            let is_real = stored.is_some();
+            let stored = stored.as_deref().unwrap_or(&dummy);
+            let parsed = PasswordHash::new(stored).map_err(|e| HashError::Failed(e.to_string()))?;
+            let matched = argon
+                .verify_password(password.expose_secret().as_bytes(), &parsed)
+                .is_ok()
+                && is_real;
+            let rehashed = if matched && !uses_current_params(&argon, &parsed) {
+                Some(hash_blocking(&argon, password.expose_secret())?)
+            } else {
+                None
+            };
+            Ok(Verification { matched, rehashed })
+        })
+        .await
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, HashError> + Send + 'static,
+    ) -> Result<T, HashError> {
+        let _admitted = self
+            .admitted
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| HashError::Busy)?;
+        let _running = self
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| HashError::Busy)?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| HashError::Failed(e.to_string()))?
+    }
+}
+
+fn hash_blocking(argon: &Argon2<'_>, password: &str) -> Result<String, HashError> {
+    let mut salt = [0u8; 16];
+    OsRng
+        .try_fill_bytes(&mut salt)
+        .map_err(|e| HashError::Failed(e.to_string()))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| HashError::Failed(e.to_string()))?;
+    argon
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| HashError::Failed(e.to_string()))
+}
+
+fn uses_current_params(argon: &Argon2<'_>, hash: &PasswordHash<'_>) -> bool {
+    let current = argon.params();
+    hash.algorithm == Algorithm::Argon2id.ident()
+        && hash.version == Some(Version::V0x13.into())
+        && Params::try_from(hash).is_ok_and(|p| {
+            p.m_cost() == current.m_cost()
+                && p.t_cost() == current.t_cost()
+                && p.p_cost() == current.p_cost()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(memory_kib: u32) -> HashingSettings {
+        HashingSettings {
+            memory_kib,
+            iterations: 1,
+            parallelism: 1,
+            concurrency: 1,
+            queue_depth: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn hashes_verify_and_are_argon2id() {
+        let hasher = PasswordHasher::new(&settings(1024)).unwrap();
+        let hash = hasher.hash("correct horse battery").await.unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"));
+        let ok = hasher
+            .verify(Some(hash.clone()), "correct horse battery")
+            .await
+            .unwrap();
+        assert_eq!(
+            ok,
+            Verification {
+                matched: true,
+                rehashed: None
+            }
+        );
+        let wrong = hasher.verify(Some(hash), "incorrect horse").await.unwrap();
+        assert!(!wrong.matched);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_account_never_matches() {
+        let hasher = PasswordHasher::new(&settings(1024)).unwrap();
+        let result = hasher
+            .verify(None, "rekey dummy password for unknown accounts")
+            .await
+            .unwrap();
+        assert!(!result.matched);
+    }
+
+    #[tokio::test]
+    async fn old_parameters_are_rehashed_after_a_match() {
+        let old = PasswordHasher::new(&settings(1024)).unwrap();
+        let hash = old.hash("correct horse battery").await.unwrap();
+        let current = PasswordHasher::new(&settings(2048)).unwrap();
+        let result = current
+            .verify(Some(hash), "correct horse battery")
+            .await
+            .unwrap();
+        let rehashed = result.rehashed.unwrap();
+        assert!(rehashed.starts_with("$argon2id$v=19$m=2048,"));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused() {
+        let hasher = PasswordHasher::new(&settings(1024)).unwrap();
+        // Take both admission places (one running, one queued) ourselves.
+        let _held = hasher.admitted.clone().try_acquire_many_owned(2).unwrap();
+        assert!(matches!(
+            hasher.hash("whatever password").await,
+            Err(HashError::Busy)
+        ));
+    }
+}

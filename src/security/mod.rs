@@ -1,0 +1,3 @@
+//! Password hashing on a bounded pool.
+
+pub mod hashing;

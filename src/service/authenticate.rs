@@ -1,0 +1,95 @@
+//! `Authenticate`: checks an email and password. Unknown accounts are checked
+//! against a dummy hash, so both failures cost the same and look the same.
+
+use super::{ServiceContext, ServiceError, Violations};
+use crate::{
+    domain::{ClientContext, EmailAddress, FieldError, password::MAX_PASSWORD_CHARS},
+    store::{
+        accounts,
+        audit::{self, AuditEvent, AuditKind},
+        now_millis,
+    },
+};
+
+#[derive(Default)]
+pub struct AuthenticateInput {
+    pub email: String,
+    pub password: String,
+    pub client_ip: String,
+    pub client_user_agent: String,
+}
+
+impl std::fmt::Debug for AuthenticateInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthenticateInput(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthenticatedAccount {
+    pub account_id: String,
+    pub display_name: String,
+    pub password_changed_at: i64,
+}
+
+pub async fn authenticate(
+    ctx: &ServiceContext,
+    input: AuthenticateInput,
+) -> Result<AuthenticatedAccount, ServiceError> {
+    let mut violations = Violations::default();
+    let email = violations.check(EmailAddress::parse("email", &input.email));
+    let client = violations.check(ClientContext::parse(
+        &input.client_ip,
+        &input.client_user_agent,
+    ));
+    if input.password.is_empty() {
+        violations
+            .0
+            .push(FieldError::new("password", "is required"));
+    } else if input.password.chars().count() > MAX_PASSWORD_CHARS {
+        // No stored password is this long; refuse before hashing it.
+        violations.0.push(FieldError::new(
+            "password",
+            format!("must be at most {MAX_PASSWORD_CHARS} characters"),
+        ));
+    }
+    violations.finish()?;
+    let (Some(email), Some(client)) = (email, client) else {
+        return Err(ServiceError::Internal("validated fields missing".into()));
+    };
+
+    let account = accounts::find_by_email(&ctx.db, email.as_str())
+        .await?
+        .filter(|a| a.status == accounts::STATUS_ACTIVE);
+    let stored_hash = account.as_ref().map(|a| a.password_hash.clone());
+    let verification = ctx.hasher.verify(stored_hash, &input.password).await?;
+
+    let account = match account {
+        Some(account) if verification.matched => account,
+        account => {
+            audit::record(
+                &ctx.db,
+                AuditKind::AuthenticationFailed,
+                AuditEvent {
+                    account_id: account.as_ref().map(|a| a.id.as_str()),
+                    email_hint: Some(email.masked()),
+                    ip: client.ip.map(|ip| ip.to_string()),
+                    ..Default::default()
+                },
+                now_millis(),
+            )
+            .await?;
+            tracing::info!(email = %email.masked(), "authentication failed");
+            return Err(ServiceError::InvalidCredentials);
+        }
+    };
+    if let Some(new_hash) = verification.rehashed {
+        accounts::replace_hash(&ctx.db, &account.id, &account.password_hash, &new_hash).await?;
+        tracing::info!(account = %account.id, "password rehashed with current parameters");
+    }
+    Ok(AuthenticatedAccount {
+        account_id: account.id,
+        display_name: account.display_name,
+        password_changed_at: account.password_changed_at,
+    })
+}

@@ -1,0 +1,72 @@
+//! The use cases. No tonic and no SQL here: inputs arrive as plain strings,
+//! are parsed into domain types, and work goes through `store` and `security`.
+
+mod authenticate;
+mod error;
+mod request_reset;
+mod reset_password;
+mod verify_token;
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+use tokio::sync::Notify;
+
+pub use authenticate::{AuthenticateInput, AuthenticatedAccount, authenticate};
+pub use error::{ServiceError, TokenProblem};
+pub use request_reset::{LinkRequestInput, request_reset, sign_up};
+pub use reset_password::{ResetPasswordInput, reset_password};
+pub use verify_token::{TokenInfo, verify_token};
+
+use crate::{
+    domain::{FieldError, PasswordPolicy, ResetUrl, ResetUrlAllowList},
+    security::hashing::PasswordHasher,
+};
+
+/// What the use cases share.
+#[derive(Clone)]
+pub struct ServiceContext {
+    pub db: DatabaseConnection,
+    pub hasher: PasswordHasher,
+    pub password_policy: PasswordPolicy,
+    pub default_reset_url: Option<ResetUrl>,
+    pub allowed_reset_urls: ResetUrlAllowList,
+    /// Wakes the mail worker when a job is queued.
+    pub mail_wake: Arc<Notify>,
+}
+
+impl ServiceContext {
+    /// The page a link may point at: the caller's, if allowed, else the default.
+    fn reset_page(&self, field: &'static str, raw: &str) -> Result<ResetUrl, FieldError> {
+        if raw.trim().is_empty() {
+            return self.default_reset_url.clone().ok_or_else(|| {
+                FieldError::new(field, "is required: the server has no default reset page")
+            });
+        }
+        let page = ResetUrl::parse(field, raw)?;
+        if self.allowed_reset_urls.allows(&page) {
+            Ok(page)
+        } else {
+            Err(FieldError::new(field, "is not an allowed reset page"))
+        }
+    }
+}
+
+/// Collects the field errors of several parses, so a caller learns about
+/// every bad field at once.
+#[derive(Default)]
+struct Violations(Vec<FieldError>);
+
+impl Violations {
+    fn check<T>(&mut self, parsed: Result<T, FieldError>) -> Option<T> {
+        parsed.map_err(|e| self.0.push(e)).ok()
+    }
+
+    fn finish(self) -> Result<(), ServiceError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ServiceError::InvalidArgument(self.0))
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! `VerifyToken`: a pre-flight check that never consumes the token, so a
+//! page can say "link expired" before the user types, and a mail scanner
+//! that opens the link does no harm.
+
+use super::{ServiceContext, ServiceError, TokenProblem};
+use crate::{
+    domain::{FieldError, Purpose, Token},
+    store::{
+        audit::{self, AuditEvent, AuditKind},
+        now_millis,
+        requests::{self, Request, RequestState},
+    },
+};
+
+/// What a usable token is for.
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    pub purpose: Purpose,
+    pub expires_at: i64,
+    /// Masked recipient, e.g. "j***@example.com".
+    pub email_hint: String,
+}
+
+pub async fn verify_token(
+    ctx: &ServiceContext,
+    raw_token: &str,
+) -> Result<TokenInfo, ServiceError> {
+    let now = now_millis();
+    let request = usable_request(ctx, raw_token, now).await?;
+    let purpose = Purpose::from_stored(&request.purpose)
+        .ok_or_else(|| ServiceError::Internal(format!("unknown purpose {}", request.purpose)))?;
+    let email_hint = crate::domain::EmailAddress::parse("email", &request.email)
+        .map(|e| e.masked())
+        .unwrap_or_else(|_| "***".to_owned());
+    audit::record(
+        &ctx.db,
+        AuditKind::Verified,
+        AuditEvent {
+            account_id: request.account_id.as_deref(),
+            request_id: Some(&request.id),
+            email_hint: Some(email_hint.clone()),
+            ..Default::default()
+        },
+        now,
+    )
+    .await?;
+    Ok(TokenInfo {
+        purpose,
+        expires_at: request.expires_at,
+        email_hint,
+    })
+}
+
+/// The open request a token belongs to, or why there is none.
+pub(super) async fn usable_request(
+    ctx: &ServiceContext,
+    raw_token: &str,
+    now: i64,
+) -> Result<Request, ServiceError> {
+    if raw_token.trim().is_empty() {
+        return Err(ServiceError::InvalidArgument(vec![FieldError::new(
+            "token",
+            "is required",
+        )]));
+    }
+    let token = Token::parse(raw_token).ok_or(ServiceError::Token(TokenProblem::Invalid))?;
+    let request = requests::find_by_token_digest(&ctx.db, token.digest().as_str())
+        .await?
+        .ok_or(ServiceError::Token(TokenProblem::Invalid))?;
+    match requests::state(&request, now) {
+        RequestState::Open => Ok(request),
+        closed => Err(ServiceError::Token(problem(closed))),
+    }
+}
+
+pub(super) fn problem(state: RequestState) -> TokenProblem {
+    match state {
+        RequestState::Used | RequestState::Open => TokenProblem::Used,
+        RequestState::Revoked => TokenProblem::Revoked,
+        RequestState::Expired => TokenProblem::Expired,
+    }
+}

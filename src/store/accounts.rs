@@ -1,0 +1,75 @@
+//! Account rows.
+
+use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+
+pub use super::entities::account::Model as Account;
+use super::entities::account::{ActiveModel, Column, Entity};
+
+pub const STATUS_ACTIVE: &str = "active";
+
+/// A new account to insert.
+pub struct NewAccount<'a> {
+    pub email: &'a str,
+    pub display_name: &'a str,
+    pub password_hash: &'a str,
+    pub locale: &'a str,
+    pub now: i64,
+}
+
+pub async fn find_by_email(
+    db: &impl ConnectionTrait,
+    email: &str,
+) -> Result<Option<Account>, DbErr> {
+    Entity::find().filter(Column::Email.eq(email)).one(db).await
+}
+
+/// Inserts an active account and returns its id.
+pub async fn insert(db: &impl ConnectionTrait, account: NewAccount<'_>) -> Result<String, DbErr> {
+    let id = uuid::Uuid::new_v4().to_string();
+    Entity::insert(ActiveModel {
+        id: Set(id.clone()),
+        email: Set(account.email.to_owned()),
+        display_name: Set(account.display_name.to_owned()),
+        password_hash: Set(account.password_hash.to_owned()),
+        status: Set(STATUS_ACTIVE.to_owned()),
+        locale: Set(account.locale.to_owned()),
+        created_at: Set(account.now),
+        password_changed_at: Set(account.now),
+    })
+    .exec_without_returning(db)
+    .await?;
+    Ok(id)
+}
+
+/// Sets a new password and moves `password_changed_at` forward.
+pub async fn set_password(
+    db: &impl ConnectionTrait,
+    account_id: &str,
+    password_hash: &str,
+    now: i64,
+) -> Result<(), DbErr> {
+    Entity::update_many()
+        .col_expr(Column::PasswordHash, password_hash.into())
+        .col_expr(Column::PasswordChangedAt, now.into())
+        .filter(Column::Id.eq(account_id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Replaces the hash of the same password (new cost parameters); the
+/// password did not change, so `password_changed_at` stays.
+pub async fn replace_hash(
+    db: &impl ConnectionTrait,
+    account_id: &str,
+    old_hash: &str,
+    new_hash: &str,
+) -> Result<(), DbErr> {
+    Entity::update_many()
+        .col_expr(Column::PasswordHash, new_hash.into())
+        .filter(Column::Id.eq(account_id))
+        .filter(Column::PasswordHash.eq(old_hash))
+        .exec(db)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! Persistence: sea-orm entities and small query functions over
+//! `&impl ConnectionTrait`, so that callers choose the transaction.
+//! All timestamps are Unix milliseconds.
+
+pub mod accounts;
+pub mod audit;
+pub mod entities;
+pub mod outbox;
+pub mod requests;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rekey_migrations::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use secrecy::{ExposeSecret, SecretString};
+
+pub use sea_orm::DbErr as StoreError;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+pub fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Connects to SQLite (creating its directory, WAL mode) or PostgreSQL.
+pub async fn connect(url: &SecretString) -> Result<DatabaseConnection, DbErr> {
+    let url = url.expose_secret();
+    if let Some(dir) = sqlite_file_dir(url) {
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            DbErr::Custom(format!(
+                "cannot create database directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5));
+    let db = Database::connect(options).await?;
+    if db.get_database_backend() == DbBackend::Sqlite {
+        // WAL lets readers run beside the single writer; foreign keys are off by default.
+        db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
+        db.execute_unprepared("PRAGMA foreign_keys=ON").await?;
+    }
+    Ok(db)
+}
+
+/// Applies pending migrations.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    Migrator::up(db, None).await
+}
+
+/// True when the database answers and no migration is pending.
+pub async fn is_ready(db: &DatabaseConnection) -> bool {
+    if db.ping().await.is_err() {
+        return false;
+    }
+    matches!(Migrator::get_pending_migrations(db).await, Ok(pending) if pending.is_empty())
+}
+
+fn sqlite_file_dir(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    if path.is_empty() || path.contains(":memory:") {
+        return None;
+    }
+    std::path::Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|p| p.to_path_buf())
+}
+
+/// True for errors that mean "the database is not reachable right now".
+pub fn is_unavailable(error: &DbErr) -> bool {
+    matches!(error, DbErr::Conn(_) | DbErr::ConnectionAcquire(_))
+        || error.to_string().contains("database is locked")
+}
+
+/// True when an insert hit a unique constraint.
+pub fn is_unique_violation(error: &DbErr) -> bool {
+    matches!(
+        error.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_directory_is_derived_from_the_url() {
+        assert_eq!(
+            sqlite_file_dir("sqlite://./var/rekey.db?mode=rwc"),
+            Some("./var".into())
+        );
+        assert_eq!(sqlite_file_dir("sqlite::memory:"), None);
+        assert_eq!(sqlite_file_dir("sqlite://rekey.db"), None);
+        assert_eq!(sqlite_file_dir("postgres://x/y"), None);
+    }
+}

@@ -1,0 +1,138 @@
+//! Reset and sign-up requests, and the digests of the tokens minted for them.
+
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
+    sea_query::Expr,
+};
+
+use super::entities::{request, request_token};
+pub use request::Model as Request;
+
+/// Why a request no longer accepts its tokens, in order of precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestState {
+    Open,
+    Used,
+    Revoked,
+    Expired,
+}
+
+pub fn state(request: &Request, now: i64) -> RequestState {
+    if request.consumed_at.is_some() {
+        RequestState::Used
+    } else if request.revoked_at.is_some() {
+        RequestState::Revoked
+    } else if request.expires_at <= now {
+        RequestState::Expired
+    } else {
+        RequestState::Open
+    }
+}
+
+/// A request to open.
+pub struct NewRequest<'a> {
+    pub purpose: &'a str,
+    pub email: &'a str,
+    pub account_id: Option<&'a str>,
+    pub display_name: &'a str,
+    pub locale: &'a str,
+    pub now: i64,
+    pub expires_at: i64,
+}
+
+/// Revokes the open request of the same email and purpose, then opens this
+/// one. Run it in a transaction: the partial unique index allows only one
+/// open request per email and purpose.
+pub async fn open(db: &impl ConnectionTrait, new: NewRequest<'_>) -> Result<Request, DbErr> {
+    request::Entity::update_many()
+        .col_expr(request::Column::RevokedAt, new.now.into())
+        .filter(request::Column::Email.eq(new.email))
+        .filter(request::Column::Purpose.eq(new.purpose))
+        .filter(request::Column::ConsumedAt.is_null())
+        .filter(request::Column::RevokedAt.is_null())
+        .exec(db)
+        .await?;
+    let model = Request {
+        id: uuid::Uuid::new_v4().to_string(),
+        purpose: new.purpose.to_owned(),
+        email: new.email.to_owned(),
+        account_id: new.account_id.map(str::to_owned),
+        display_name: new.display_name.to_owned(),
+        locale: new.locale.to_owned(),
+        created_at: new.now,
+        expires_at: new.expires_at,
+        consumed_at: None,
+        revoked_at: None,
+    };
+    request::Entity::insert(request::ActiveModel::from(model.clone()))
+        .exec_without_returning(db)
+        .await?;
+    Ok(model)
+}
+
+pub async fn find(db: &impl ConnectionTrait, request_id: &str) -> Result<Option<Request>, DbErr> {
+    request::Entity::find_by_id(request_id.to_owned())
+        .one(db)
+        .await
+}
+
+/// The request a token digest belongs to, if any.
+pub async fn find_by_token_digest(
+    db: &impl ConnectionTrait,
+    digest: &str,
+) -> Result<Option<Request>, DbErr> {
+    let Some(token) = request_token::Entity::find_by_id(digest.to_owned())
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    find(db, &token.request_id).await
+}
+
+/// Records the digest of a newly minted token for a request.
+pub async fn add_token_digest(
+    db: &impl ConnectionTrait,
+    request_id: &str,
+    digest: &str,
+    now: i64,
+) -> Result<(), DbErr> {
+    request_token::Entity::insert(request_token::ActiveModel {
+        digest: Set(digest.to_owned()),
+        request_id: Set(request_id.to_owned()),
+        created_at: Set(now),
+    })
+    .exec_without_returning(db)
+    .await?;
+    Ok(())
+}
+
+/// Marks an open request consumed. One conditional UPDATE, so of many
+/// concurrent callers exactly one sees `true`.
+pub async fn consume(db: &impl ConnectionTrait, request_id: &str, now: i64) -> Result<bool, DbErr> {
+    let result = request::Entity::update_many()
+        .col_expr(request::Column::ConsumedAt, now.into())
+        .filter(request::Column::Id.eq(request_id))
+        .filter(request::Column::ConsumedAt.is_null())
+        .filter(request::Column::RevokedAt.is_null())
+        .filter(request::Column::ExpiresAt.gt(now))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Revokes every open request for an email, any purpose. Returns how many.
+pub async fn revoke_open_for_email(
+    db: &impl ConnectionTrait,
+    email: &str,
+    now: i64,
+) -> Result<u64, DbErr> {
+    let result = request::Entity::update_many()
+        .col_expr(request::Column::RevokedAt, Expr::value(now))
+        .filter(request::Column::Email.eq(email))
+        .filter(request::Column::ConsumedAt.is_null())
+        .filter(request::Column::RevokedAt.is_null())
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected)
+}
