@@ -7,7 +7,11 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(["rekey/v1/rekey.proto"], ["proto"])?;
+    // google.rpc is described for reflection only; rekey's code uses tonic-types.
+    let descriptors = protox::compile(
+        ["rekey/v1/rekey.proto", "google/rpc/error_details.proto"],
+        ["proto"],
+    )?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(
         out_dir.join("rekey_descriptor.bin"),

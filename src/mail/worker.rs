@@ -400,15 +400,15 @@ fn backoff(attempts: u32) -> Duration {
     half + half.mul_f64(rand::random::<f64>())
 }
 
-/// "30 minutes", "24 hours", rounded down to the largest whole unit.
+/// "30 minutes", "24 hours", "3 days": the nearest whole unit.
 fn humanize(duration: Duration) -> String {
-    let minutes = duration.as_secs() / 60;
+    let rounded = |unit_secs: u64| (duration.as_secs() + unit_secs / 2) / unit_secs;
     let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
-    match minutes {
+    match rounded(60) {
         0 => "less than a minute".to_owned(),
         m if m < 60 => plural(m, "minute"),
-        m if m < 48 * 60 => plural(m / 60, "hour"),
-        m => plural(m / (24 * 60), "day"),
+        _ if rounded(3600) < 48 => plural(rounded(3600), "hour"),
+        _ => plural(rounded(86_400), "day"),
     }
 }
 
@@ -435,7 +435,8 @@ mod tests {
     fn durations_read_naturally() {
         assert_eq!(humanize(Duration::from_secs(30 * 60)), "30 minutes");
         assert_eq!(humanize(Duration::from_secs(24 * 3600)), "24 hours");
-        assert_eq!(humanize(Duration::from_secs(29 * 60 + 59)), "29 minutes");
+        assert_eq!(humanize(Duration::from_secs(29 * 60 + 59)), "30 minutes");
+        assert_eq!(humanize(Duration::from_secs(24 * 3600 - 2)), "24 hours");
         assert_eq!(humanize(Duration::from_secs(3 * 86400)), "3 days");
         assert_eq!(humanize(Duration::from_secs(61)), "1 minute");
     }
