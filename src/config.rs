@@ -82,6 +82,9 @@ impl Default for RawSettings {
     }
 }
 
+/// Mail jobs of one batch sent at once.
+pub const MAIL_SEND_CONCURRENCY: usize = 8;
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -316,10 +319,15 @@ impl Settings {
                 "must be greater than zero",
             ));
         }
-        if raw.mail_lease < raw.smtp_timeout * 2 {
+        // A batch is sent MAIL_SEND_CONCURRENCY at a time, each send bounded
+        // by twice the SMTP timeout; the lease must outlast the whole batch.
+        let rounds = u32::try_from(raw.mail_batch_size.div_ceil(MAIL_SEND_CONCURRENCY as u64))
+            .unwrap_or(u32::MAX);
+        if raw.mail_lease < raw.smtp_timeout.saturating_mul(2).saturating_mul(rounds) {
             return Err(invalid(
                 "REKEY_MAIL_LEASE",
-                "must be at least twice REKEY_SMTP_TIMEOUT, or a slow send would be claimed twice",
+                "must outlast a batch of slow sends (2 x REKEY_SMTP_TIMEOUT per round of 8), \
+                 or a slow send would be claimed twice",
             ));
         }
 

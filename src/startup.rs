@@ -121,9 +121,7 @@ impl App {
             shutdown.clone(),
         ));
 
-        let reflection_v1 = reflection()
-            .build_v1()
-            .context("building reflection v1")?;
+        let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
         let reflection_v1alpha = reflection()
             .build_v1alpha()
             .context("building reflection v1alpha")?;

@@ -1,6 +1,9 @@
 //! Where rendered mail goes: SMTP, `.eml` files, or memory (tests).
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
@@ -10,7 +13,11 @@ use crate::config::MailTransportSettings;
 /// A configured transport. SMTP keeps a connection pool.
 #[derive(Clone)]
 pub enum MailTransport {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp {
+        transport: AsyncSmtpTransport<Tokio1Executor>,
+        /// Bound on a whole send, on top of lettre's per-command timeout.
+        send_timeout: Duration,
+    },
     File(AsyncFileTransport<Tokio1Executor>),
     /// Keeps messages in memory; for tests that need no SMTP server.
     Memory(Arc<Mutex<Vec<Message>>>),
@@ -33,7 +40,10 @@ impl MailTransport {
                         .map_err(|e| format!("REKEY_SMTP_URL: {e}"))?
                         .timeout(Some(*timeout))
                         .build();
-                Ok(Self::Smtp(transport))
+                Ok(Self::Smtp {
+                    transport,
+                    send_timeout: *timeout * 2,
+                })
             }
             MailTransportSettings::File { dir } => {
                 std::fs::create_dir_all(dir)
@@ -46,7 +56,7 @@ impl MailTransport {
     /// A short name for logs.
     pub fn describe(&self) -> &'static str {
         match self {
-            MailTransport::Smtp(_) => "smtp",
+            MailTransport::Smtp { .. } => "smtp",
             MailTransport::File(_) => "file",
             MailTransport::Memory(_) => "memory",
         }
@@ -54,12 +64,19 @@ impl MailTransport {
 
     pub async fn send(&self, message: Message) -> Result<(), SendError> {
         match self {
-            MailTransport::Smtp(smtp) => {
-                smtp.send(message).await.map(drop).map_err(|e| SendError {
+            MailTransport::Smtp {
+                transport,
+                send_timeout,
+            } => match tokio::time::timeout(*send_timeout, transport.send(message)).await {
+                Ok(sent) => sent.map(drop).map_err(|e| SendError {
                     permanent: e.is_permanent(),
                     message: e.to_string(),
-                })
-            }
+                }),
+                Err(_) => Err(SendError {
+                    permanent: false,
+                    message: format!("SMTP send timed out after {send_timeout:?}"),
+                }),
+            },
             MailTransport::File(file) => {
                 file.send(message).await.map(drop).map_err(|e| SendError {
                     permanent: false,

@@ -25,7 +25,7 @@ use super::{
     transport::MailTransport,
 };
 use crate::{
-    config::MailWorkerSettings,
+    config::{MAIL_SEND_CONCURRENCY, MailWorkerSettings},
     domain::{EmailAddress, Locale, Purpose, ResetUrl, Token},
     store::{
         self, accounts,
@@ -36,8 +36,6 @@ use crate::{
     },
 };
 
-/// Jobs of one batch sent at once.
-const SEND_CONCURRENCY: usize = 8;
 const BACKOFF_BASE: Duration = Duration::from_secs(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(30 * 60);
 
@@ -106,7 +104,7 @@ impl MailWorker {
         let jobs = outbox::claim_due(&self.db, now, lease_until, self.settings.batch_size).await?;
         let claimed = jobs.len();
         futures::stream::iter(jobs)
-            .for_each_concurrent(SEND_CONCURRENCY, |job| self.process(job))
+            .for_each_concurrent(MAIL_SEND_CONCURRENCY, |job| self.process(job))
             .await;
         Ok(claimed)
     }

@@ -1,0 +1,45 @@
+use rekey::store::entities::mail_outbox;
+use sea_orm::EntityTrait;
+
+use crate::{
+    flow_test,
+    helpers::{Backend, spawn_app, spawn_app_with},
+};
+
+async fn mail_uses_the_configured_from_alias_and_reply_to(backend: Backend) {
+    let mut app = spawn_app_with(backend, |figment| {
+        figment
+            .merge(("mail_from", "Example Support <support@example.com>"))
+            .merge(("mail_reply_to", "help@example.com"))
+    })
+    .await;
+    app.sign_up("jane@example.com", "Jane").await.unwrap();
+    let mail = app.mailbox.wait_for("jane@example.com", 1).await.remove(0);
+
+    assert_eq!(mail.from, "support@example.com", "SMTP envelope sender");
+    assert_eq!(mail.header_from(), "Example Support <support@example.com>");
+    let raw = String::from_utf8_lossy(&mail.raw).to_string();
+    assert!(raw.contains("Reply-To: help@example.com"), "{raw}");
+    assert!(raw.contains("multipart/alternative"));
+    assert!(mail.html().contains("<a href="));
+}
+flow_test!(mail_uses_the_configured_from_alias_and_reply_to);
+
+async fn a_refused_send_is_retried_until_delivered(backend: Backend) {
+    let mut app = spawn_app(backend).await;
+    app.mailbox.refuse_next(1);
+
+    app.sign_up("jane@example.com", "Jane").await.unwrap();
+
+    let mail = app.mailbox.wait_for("jane@example.com", 1).await.remove(0);
+    app.wait_for_outbox_drained().await;
+    let jobs = mail_outbox::Entity::find().all(&app.db).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].status, "sent");
+    assert_eq!(jobs[0].attempts, 2, "one refused attempt, one delivered");
+    // The retry minted a new token for the same request; it works.
+    app.reset_password(&mail.token(), "a brand new passphrase")
+        .await
+        .unwrap();
+}
+flow_test!(a_refused_send_is_retried_until_delivered);

@@ -1,0 +1,158 @@
+use futures::future::join_all;
+use rekey::store::entities::request;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+
+use crate::{
+    flow_test,
+    helpers::{Backend, PASSWORD, TestApp, assert_error, spawn_app},
+};
+
+async fn reset_token_for(app: &mut TestApp, email: &str) -> String {
+    let before = app.mailbox.to(email).len();
+    app.request_reset(email).await.unwrap();
+    app.mailbox
+        .wait_for(email, before + 1)
+        .await
+        .remove(before)
+        .token()
+}
+
+async fn verify_token_does_not_consume_it(backend: Backend) {
+    let mut app = spawn_app(backend).await;
+    app.create_account("jane@example.com", "Jane").await;
+    let token = reset_token_for(&mut app, "jane@example.com").await;
+
+    for _ in 0..3 {
+        app.verify(&token).await.unwrap();
+    }
+    app.reset_password(&token, "a brand new passphrase")
+        .await
+        .unwrap();
+}
+flow_test!(verify_token_does_not_consume_it);
+
+async fn a_used_token_is_refused(backend: Backend) {
+    let mut app = spawn_app(backend).await;
+    app.create_account("jane@example.com", "Jane").await;
+    let token = reset_token_for(&mut app, "jane@example.com").await;
+    app.reset_password(&token, "a brand new passphrase")
+        .await
+        .unwrap();
+
+    let status = app.verify(&token).await.unwrap_err();
+    assert_error(&status, tonic::Code::FailedPrecondition, Some("TOKEN_USED"));
+    let status = app
+        .reset_password(&token, "yet another passphrase")
+        .await
+        .unwrap_err();
+    assert_error(&status, tonic::Code::FailedPrecondition, Some("TOKEN_USED"));
+    app.authenticate("jane@example.com", "a brand new passphrase")
+        .await
+        .unwrap();
+}
+flow_test!(a_used_token_is_refused);
+
+async fn an_expired_token_is_refused(backend: Backend) {
+    let mut app = spawn_app(backend).await;
+    app.create_account("jane@example.com", "Jane").await;
+    let token = reset_token_for(&mut app, "jane@example.com").await;
+    // Move the open request's expiry into the past.
+    request::Entity::update_many()
+        .col_expr(
+            request::Column::ExpiresAt,
+            Expr::value(rekey::store::now_millis() - 1),
+        )
+        .filter(request::Column::ConsumedAt.is_null())
+        .filter(request::Column::RevokedAt.is_null())
+        .exec(&app.db)
+        .await
+        .unwrap();
+
+    let status = app.verify(&token).await.unwrap_err();
+    assert_error(
+        &status,
+        tonic::Code::FailedPrecondition,
+        Some("TOKEN_EXPIRED"),
+    );
+    let status = app
+        .reset_password(&token, "a brand new passphrase")
+        .await
+        .unwrap_err();
+    assert_error(
+        &status,
+        tonic::Code::FailedPrecondition,
+        Some("TOKEN_EXPIRED"),
+    );
+    app.authenticate("jane@example.com", PASSWORD)
+        .await
+        .unwrap();
+}
+flow_test!(an_expired_token_is_refused);
+
+async fn a_new_request_revokes_the_older_link(backend: Backend) {
+    let mut app = spawn_app(backend).await;
+    app.create_account("jane@example.com", "Jane").await;
+    let first = reset_token_for(&mut app, "jane@example.com").await;
+    let second = reset_token_for(&mut app, "jane@example.com").await;
+
+    let status = app
+        .reset_password(&first, "a brand new passphrase")
+        .await
+        .unwrap_err();
+    assert_error(
+        &status,
+        tonic::Code::FailedPrecondition,
+        Some("TOKEN_REVOKED"),
+    );
+    app.reset_password(&second, "a brand new passphrase")
+        .await
+        .unwrap();
+}
+flow_test!(a_new_request_revokes_the_older_link);
+
+async fn an_unknown_or_malformed_token_is_not_found(backend: Backend) {
+    let mut app = spawn_app(backend).await;
+    let well_formed_but_unknown = "A".repeat(43);
+    for token in [well_formed_but_unknown.as_str(), "not-a-token", "x"] {
+        let status = app.verify(token).await.unwrap_err();
+        assert_error(&status, tonic::Code::NotFound, Some("TOKEN_INVALID"));
+        let status = app
+            .reset_password(token, "a brand new passphrase")
+            .await
+            .unwrap_err();
+        assert_error(&status, tonic::Code::NotFound, Some("TOKEN_INVALID"));
+    }
+}
+flow_test!(an_unknown_or_malformed_token_is_not_found);
+
+async fn fifty_concurrent_resets_with_one_token_succeed_exactly_once(backend: Backend) {
+    let mut app = spawn_app(backend).await;
+    app.create_account("jane@example.com", "Jane").await;
+    let token = reset_token_for(&mut app, "jane@example.com").await;
+
+    let attempts = (0..50).map(|i| {
+        let mut client = app.reset.clone();
+        let token = token.clone();
+        async move {
+            client
+                .reset_password(rekey::grpc::pb::ResetPasswordRequest {
+                    token,
+                    new_password: format!("concurrent passphrase {i:02}"),
+                })
+                .await
+                .map(|_| i)
+        }
+    });
+    let results = join_all(attempts).await;
+
+    let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    for failure in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_error(failure, tonic::Code::FailedPrecondition, Some("TOKEN_USED"));
+    }
+    let winning_password = format!("concurrent passphrase {:02}", winners[0]);
+    app.authenticate("jane@example.com", &winning_password)
+        .await
+        .unwrap();
+}
+flow_test!(fifty_concurrent_resets_with_one_token_succeed_exactly_once);
