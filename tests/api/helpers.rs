@@ -36,7 +36,7 @@ pub enum Backend {
 
 /// Runs a flow test once on SQLite and once on PostgreSQL. The PostgreSQL
 /// run needs `REKEY_TEST_POSTGRES_URL` (`.ci/run` sets it); without it, it
-/// says so and returns.
+/// says so and returns, except under CI, where it fails.
 #[macro_export]
 macro_rules! flow_test {
     ($name:ident) => {
@@ -49,6 +49,11 @@ macro_rules! flow_test {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn on_postgres() {
                 if $crate::helpers::postgres_url().is_none() {
+                    // CI must never pass by skipping these.
+                    assert!(
+                        std::env::var_os("CI").is_none(),
+                        "CI must set REKEY_TEST_POSTGRES_URL"
+                    );
                     eprintln!("REKEY_TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
                     return;
                 }
