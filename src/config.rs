@@ -228,18 +228,6 @@ impl Settings {
             _ => MailTransportSettings::File { dir: raw.mail_dir },
         };
 
-        let mail_from = match (&raw.mail_from, &mail_transport) {
-            (Some(from), _) => parse_mailbox("REKEY_MAIL_FROM", from)?,
-            (None, MailTransportSettings::File { .. }) => {
-                parse_mailbox("REKEY_MAIL_FROM", "rekey <rekey@localhost>")?
-            }
-            (None, MailTransportSettings::Smtp { .. }) => {
-                return Err(invalid(
-                    "REKEY_MAIL_FROM",
-                    "is required with SMTP, e.g. \"Example <no-reply@example.com>\"",
-                ));
-            }
-        };
         let mail_reply_to = raw
             .mail_reply_to
             .as_deref()
@@ -274,6 +262,19 @@ impl Settings {
                  e.g. https://app.example.com/reset",
             ));
         }
+
+        // Default From: no-reply at the reset page's host, the app's own domain.
+        let mail_from = match &raw.mail_from {
+            Some(from) => parse_mailbox("REKEY_MAIL_FROM", from)?,
+            None => {
+                let host = default_reset_url
+                    .as_ref()
+                    .or_else(|| allowed.first())
+                    .and_then(ResetUrl::host)
+                    .unwrap_or_else(|| "localhost".to_owned());
+                parse_mailbox("REKEY_MAIL_FROM", &format!("rekey <no-reply@{host}>"))?
+            }
+        };
 
         for (name, ttl) in [
             ("REKEY_RESET_TOKEN_TTL", raw.reset_token_ttl),
@@ -450,10 +451,19 @@ mod tests {
     }
 
     #[test]
-    fn smtp_needs_a_from_address() {
-        let err = Settings::from_figment(base().merge(("smtp_url", "smtp://mail.example.com:587")))
-            .unwrap_err();
-        assert!(err.to_string().contains("REKEY_MAIL_FROM"), "{err}");
+    fn from_defaults_to_no_reply_at_the_reset_page_host() {
+        let settings =
+            Settings::from_figment(base().merge(("smtp_url", "smtp://mail.example.com:587")))
+                .unwrap();
+        assert_eq!(
+            settings.mail_from.to_string(),
+            "rekey <no-reply@app.example.com>"
+        );
+        let settings = Settings::from_figment(
+            base().merge(("mail_from", "Example Support <support@example.com>")),
+        )
+        .unwrap();
+        assert_eq!(settings.mail_from.email.to_string(), "support@example.com");
     }
 
     #[test]

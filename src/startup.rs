@@ -44,19 +44,8 @@ impl App {
     /// Binds `settings.listen` (port 0 picks a free port), connects to the
     /// database and applies pending migrations.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        Self::build_with_transport(settings, None).await
-    }
-
-    /// As [`App::build`], with a mail transport that overrides the settings'.
-    pub async fn build_with_transport(
-        settings: Settings,
-        transport: Option<MailTransport>,
-    ) -> anyhow::Result<Self> {
-        let transport = match transport {
-            Some(transport) => transport,
-            None => MailTransport::from_settings(&settings.mail_transport)
-                .map_err(anyhow::Error::msg)?,
-        };
+        let transport =
+            MailTransport::from_settings(&settings.mail_transport).map_err(anyhow::Error::msg)?;
         let templates = Templates::embedded().context("loading mail templates")?;
         let hasher = PasswordHasher::new(&settings.hashing).context("configuring argon2")?;
 

@@ -44,6 +44,11 @@ impl ResetUrl {
         url.into()
     }
 
+    /// The page's host name, e.g. "app.example.com".
+    pub fn host(&self) -> Option<String> {
+        self.0.host_str().map(str::to_owned)
+    }
+
     /// The page as configured, with `{token}` restored; safe to store and log.
     pub fn as_template(&self) -> String {
         self.0

@@ -1,9 +1,6 @@
-//! Where rendered mail goes: SMTP, `.eml` files, or memory (tests).
+//! Where rendered mail goes: an SMTP relay or `.eml` files.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
@@ -19,8 +16,6 @@ pub enum MailTransport {
         send_timeout: Duration,
     },
     File(AsyncFileTransport<Tokio1Executor>),
-    /// Keeps messages in memory; for tests that need no SMTP server.
-    Memory(Arc<Mutex<Vec<Message>>>),
 }
 
 /// A failed send. `permanent` means retrying cannot help (an SMTP 5xx).
@@ -58,7 +53,6 @@ impl MailTransport {
         match self {
             MailTransport::Smtp { .. } => "smtp",
             MailTransport::File(_) => "file",
-            MailTransport::Memory(_) => "memory",
         }
     }
 
@@ -82,15 +76,6 @@ impl MailTransport {
                     permanent: false,
                     message: e.to_string(),
                 })
-            }
-            MailTransport::Memory(sent) => {
-                sent.lock()
-                    .map_err(|_| SendError {
-                        permanent: false,
-                        message: "memory transport poisoned".to_owned(),
-                    })?
-                    .push(message);
-                Ok(())
             }
         }
     }

@@ -122,10 +122,14 @@ impl MailWorker {
     }
 
     async fn process(&self, job: MailJob) {
-        let recipient = crate::domain::EmailAddress::parse("recipient", &job.recipient)
+        let recipient = EmailAddress::parse("recipient", &job.recipient)
             .map(|e| e.masked())
             .unwrap_or_else(|_| "***".to_owned());
-        let result = self.deliver(&job).await;
+        // Relays quote the recipient in their errors; keep it masked.
+        let result = self.deliver(&job).await.map_err(|e| match e {
+            JobError::Transient(m) => JobError::Transient(m.replace(&job.recipient, &recipient)),
+            JobError::Permanent(m) => JobError::Permanent(m.replace(&job.recipient, &recipient)),
+        });
         let now = now_millis();
         let recorded = match result {
             Ok(Outcome::Sent { request_id }) => {
@@ -230,6 +234,7 @@ impl MailWorker {
                 ..
             } => {
                 let page = parse_page(&reset_url)?;
+                let account = self.active_account(&email).await?;
                 let (purpose, kind, account_id, name) = match &account {
                     Some(a) => (
                         Purpose::Reset,
@@ -277,6 +282,15 @@ impl MailWorker {
                 Ok(Outcome::Sent { request_id: None })
             }
         }
+    }
+
+    async fn active_account(
+        &self,
+        email: &EmailAddress,
+    ) -> Result<Option<accounts::Account>, DbErr> {
+        Ok(accounts::find_by_email(&self.db, email.as_str())
+            .await?
+            .filter(|a| a.status == accounts::STATUS_ACTIVE))
     }
 
     /// The job's request: the one a previous attempt opened, or a new one.

@@ -441,30 +441,47 @@ impl SmtpSink {
 
 static STALE_DATABASES_DROPPED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
-/// Creates an empty database for one test and returns its URL. Databases
-/// left by earlier runs are dropped once per test process.
+/// Test databases older than this are left over from earlier runs.
+const STALE_AFTER_SECS: u64 = 3600;
+
+/// Creates an empty database for one test and returns its URL. Its name
+/// carries its creation time, so that databases left by runs long gone can
+/// be dropped without touching those of tests running now.
 async fn fresh_postgres_database() -> String {
     let admin_url = postgres_url().unwrap();
     let admin = Database::connect(&admin_url).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     STALE_DATABASES_DROPPED
         .get_or_init(|| async {
-            let stale = admin
+            let rows = admin
                 .query_all_raw(sea_orm::Statement::from_string(
                     admin.get_database_backend(),
                     "SELECT datname FROM pg_database WHERE datname LIKE 'rekey_test_%'",
                 ))
                 .await
                 .unwrap();
-            for row in stale {
+            for row in rows {
                 let name: String = row.try_get("", "datname").unwrap();
-                admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await
-                    .unwrap();
+                let created = name
+                    .split('_')
+                    .nth(2)
+                    .and_then(|secs| secs.parse::<u64>().ok())
+                    .unwrap_or(0);
+                if now.saturating_sub(created) > STALE_AFTER_SECS {
+                    admin
+                        .execute_unprepared(&format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        ))
+                        .await
+                        .unwrap();
+                }
             }
         })
         .await;
-    let name = format!("rekey_test_{}", uuid::Uuid::new_v4().simple());
+    let name = format!("rekey_test_{now}_{}", uuid::Uuid::new_v4().simple());
     admin
         .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
         .await
