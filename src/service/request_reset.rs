@@ -6,7 +6,7 @@ use sea_orm::TransactionTrait;
 
 use super::{ServiceContext, ServiceError, Violations};
 use crate::{
-    domain::{ClientContext, DisplayName, EmailAddress, Locale},
+    domain::{ClientContext, DisplayName, EmailAddress, Locale, ResetUrl},
     store::{
         audit::{self, AuditEvent, AuditKind},
         now_millis,
@@ -25,56 +25,76 @@ pub struct LinkRequestInput {
     pub client_user_agent: String,
 }
 
+/// A link request whose fields all parsed.
+struct LinkRequest {
+    email: EmailAddress,
+    display_name: DisplayName,
+    locale: Locale,
+    page: ResetUrl,
+    ip: Option<String>,
+}
+
+fn parse(ctx: &ServiceContext, input: &LinkRequestInput) -> Result<LinkRequest, ServiceError> {
+    let mut violations = Violations::default();
+    let email = violations.check(EmailAddress::parse("email", &input.email));
+    let display_name = violations.check(DisplayName::parse("display_name", &input.display_name));
+    let locale = violations.check(Locale::parse("locale", &input.locale));
+    let page = violations.check(ctx.reset_page("reset_url", &input.reset_url));
+    let client = violations.check(ClientContext::parse(
+        &input.client_ip,
+        &input.client_user_agent,
+    ));
+    violations.finish()?;
+    match (email, display_name, locale, page, client) {
+        (Some(email), Some(display_name), Some(locale), Some(page), Some(client)) => {
+            Ok(LinkRequest {
+                email,
+                display_name,
+                locale,
+                page,
+                ip: client.ip.map(|ip| ip.to_string()),
+            })
+        }
+        _ => Err(ServiceError::Internal("validated fields missing".into())),
+    }
+}
+
 pub async fn request_reset(
     ctx: &ServiceContext,
     input: LinkRequestInput,
 ) -> Result<(), ServiceError> {
-    let mut violations = Violations::default();
-    let email = violations.check(EmailAddress::parse("email", &input.email));
-    let locale = violations.check(Locale::parse("locale", &input.locale));
-    let page = violations.check(ctx.reset_page("reset_url", &input.reset_url));
-    let client = violations.check(ClientContext::parse(
-        &input.client_ip,
-        &input.client_user_agent,
-    ));
-    violations.finish()?;
-    let (Some(email), Some(locale), Some(page), Some(client)) = (email, locale, page, client)
-    else {
-        return Err(ServiceError::Internal("validated fields missing".into()));
-    };
-    let ip = client.ip.map(|ip| ip.to_string());
+    let request = parse(ctx, &input)?;
     let intent = MailIntent::Reset {
-        locale: locale.as_str().to_owned(),
-        reset_url: page.as_template(),
-        ip: ip.clone(),
+        locale: request.locale.as_str().to_owned(),
+        reset_url: request.page.as_template(),
+        ip: request.ip.clone(),
     };
-    queue(ctx, &email, &intent, AuditKind::ResetRequested, ip).await
+    queue(
+        ctx,
+        &request.email,
+        &intent,
+        AuditKind::ResetRequested,
+        request.ip,
+    )
+    .await
 }
 
 pub async fn sign_up(ctx: &ServiceContext, input: LinkRequestInput) -> Result<(), ServiceError> {
-    let mut violations = Violations::default();
-    let email = violations.check(EmailAddress::parse("email", &input.email));
-    let name = violations.check(DisplayName::parse("display_name", &input.display_name));
-    let locale = violations.check(Locale::parse("locale", &input.locale));
-    let page = violations.check(ctx.reset_page("reset_url", &input.reset_url));
-    let client = violations.check(ClientContext::parse(
-        &input.client_ip,
-        &input.client_user_agent,
-    ));
-    violations.finish()?;
-    let (Some(email), Some(name), Some(locale), Some(page), Some(client)) =
-        (email, name, locale, page, client)
-    else {
-        return Err(ServiceError::Internal("validated fields missing".into()));
-    };
-    let ip = client.ip.map(|ip| ip.to_string());
+    let request = parse(ctx, &input)?;
     let intent = MailIntent::SignUp {
-        display_name: name.as_str().to_owned(),
-        locale: locale.as_str().to_owned(),
-        reset_url: page.as_template(),
-        ip: ip.clone(),
+        display_name: request.display_name.as_str().to_owned(),
+        locale: request.locale.as_str().to_owned(),
+        reset_url: request.page.as_template(),
+        ip: request.ip.clone(),
     };
-    queue(ctx, &email, &intent, AuditKind::SignUpRequested, ip).await
+    queue(
+        ctx,
+        &request.email,
+        &intent,
+        AuditKind::SignUpRequested,
+        request.ip,
+    )
+    .await
 }
 
 async fn queue(
