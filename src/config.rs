@@ -49,6 +49,8 @@ struct RawSettings {
     mail_lease: Duration,
     #[serde(with = "humantime_serde")]
     health_check_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    shutdown_grace: Duration,
     log_format: LogFormat,
 }
 
@@ -77,6 +79,7 @@ impl Default for RawSettings {
             mail_batch_size: 16,
             mail_lease: Duration::from_secs(120),
             health_check_interval: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(20),
             log_format: LogFormat::Pretty,
         }
     }
@@ -143,6 +146,9 @@ pub struct Settings {
     pub hashing: HashingSettings,
     pub mail_worker: MailWorkerSettings,
     pub health_check_interval: Duration,
+    /// How long a shutdown waits for calls in flight, then for the mail
+    /// batch being sent; whatever is cut off is retried after its lease.
+    pub shutdown_grace: Duration,
     pub log_format: LogFormat,
 }
 
@@ -359,6 +365,7 @@ impl Settings {
                 lease: raw.mail_lease,
             },
             health_check_interval: raw.health_check_interval,
+            shutdown_grace: raw.shutdown_grace,
             log_format: raw.log_format,
         })
     }

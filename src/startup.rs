@@ -46,6 +46,12 @@ impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let transport =
             MailTransport::from_settings(&settings.mail_transport).map_err(anyhow::Error::msg)?;
+        if let MailTransport::File(_) = transport {
+            tracing::warn!(
+                "mail, links included, is written to files: a development transport; \
+                 set REKEY_SMTP_URL in production"
+            );
+        }
         let templates = Templates::embedded().context("loading mail templates")?;
         let hasher = PasswordHasher::new(&settings.hashing).context("configuring argon2")?;
 
@@ -119,7 +125,7 @@ impl App {
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, "rekey listening");
 
-        let served = tonic::transport::Server::builder()
+        let server = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -130,14 +136,31 @@ impl App {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
                 shutdown.cancelled().await;
                 tracing::info!("shutting down: no new calls, finishing those in flight");
-            })
-            .await;
+            });
+        let grace = self.settings.shutdown_grace;
+        // Long-lived streams (health Watch) would hold the drain open forever.
+        let drain_deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        let served = tokio::select! {
+            served = server => served.context("serving gRPC"),
+            () = drain_deadline => {
+                tracing::warn!(?grace, "calls still open after the shutdown grace; closing them");
+                Ok(())
+            }
+        };
         // Whatever ended the server, stop the worker after its current batch.
         shutdown.cancel();
-        let worker_result = worker.await;
+        match tokio::time::timeout(grace, worker).await {
+            Ok(finished) => finished.context("mail worker")?,
+            Err(_) => tracing::warn!(
+                ?grace,
+                "mail batch still sending after the shutdown grace; its jobs will be retried"
+            ),
+        }
         let _ = readiness.await;
-        served.context("serving gRPC")?;
-        worker_result.context("mail worker")?;
+        served?;
         tracing::info!("rekey stopped");
         Ok(())
     }

@@ -29,6 +29,17 @@ impl ResetUrl {
         if !url.username().is_empty() || url.password().is_some() {
             return Err(FieldError::new(field, "must not contain credentials"));
         }
+        // The token goes only where rekey puts it: a caller-chosen `token`
+        // parameter or a placeholder in a query (`?next=…/{token}`) could
+        // shadow the real token or hand it to another site.
+        if url.query_pairs().any(|(key, _)| key == "token") {
+            return Err(FieldError::new(field, "must not carry a token parameter"));
+        }
+        if url.as_str().matches(PLACEHOLDER_MARKER).count()
+            != url.path().matches(PLACEHOLDER_MARKER).count()
+        {
+            return Err(FieldError::new(field, "may hold {token} only in its path"));
+        }
         Ok(Self(url))
     }
 
@@ -140,6 +151,17 @@ mod tests {
         assert!(ResetUrl::parse("f", "javascript:alert(1)").is_err());
         assert!(ResetUrl::parse("f", "ftp://app.example.com/").is_err());
         assert!(ResetUrl::parse("f", "/relative").is_err());
+    }
+
+    #[test]
+    fn callers_cannot_place_the_token_themselves() {
+        for page in [
+            "https://app.example.com/reset?token=attacker",
+            "https://app.example.com/reset?next=https://evil.com/{token}",
+            "https://app.example.com/reset#{token}",
+        ] {
+            assert!(ResetUrl::parse("f", page).is_err(), "{page}");
+        }
     }
 
     #[test]

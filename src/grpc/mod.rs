@@ -75,11 +75,6 @@ pub fn to_status(error: ServiceError) -> Status {
             "invalid email or password",
             "INVALID_CREDENTIALS",
         ),
-        ServiceError::AccountExists => with_reason(
-            Code::FailedPrecondition,
-            "an account with this email already exists",
-            "ACCOUNT_EXISTS",
-        ),
         ServiceError::Busy { retry_after } => retry_later(
             Code::ResourceExhausted,
             "too many requests in progress; retry later",

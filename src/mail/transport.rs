@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{
+    AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    transport::smtp::response::Category,
+};
 use secrecy::ExposeSecret;
 
 use crate::config::MailTransportSettings;
@@ -63,7 +66,11 @@ impl MailTransport {
                 send_timeout,
             } => match tokio::time::timeout(*send_timeout, transport.send(message)).await {
                 Ok(sent) => sent.map(drop).map_err(|e| SendError {
-                    permanent: e.is_permanent(),
+                    // 53x (authentication) is our relay setup, not the
+                    // recipient: keep the mail and retry once it is fixed.
+                    permanent: e.is_permanent()
+                        && e.status()
+                            .is_none_or(|code| code.category != Category::Unspecified3),
                     message: e.to_string(),
                 }),
                 Err(_) => Err(SendError {

@@ -127,8 +127,12 @@ impl MailWorker {
             .unwrap_or_else(|_| "***".to_owned());
         // Relays quote the recipient in their errors; keep it masked.
         let result = self.deliver(&job).await.map_err(|e| match e {
-            JobError::Transient(m) => JobError::Transient(m.replace(&job.recipient, &recipient)),
-            JobError::Permanent(m) => JobError::Permanent(m.replace(&job.recipient, &recipient)),
+            JobError::Transient(m) => {
+                JobError::Transient(mask_address_in(&m, &job.recipient, &recipient))
+            }
+            JobError::Permanent(m) => {
+                JobError::Permanent(mask_address_in(&m, &job.recipient, &recipient))
+            }
         });
         let now = now_millis();
         let recorded = match result {
@@ -398,6 +402,25 @@ impl MailWorker {
     }
 }
 
+/// Replaces every occurrence of `address` in `text`, in any letter case.
+fn mask_address_in(text: &str, address: &str, masked: &str) -> String {
+    // ASCII lower-casing keeps byte offsets, so matches index `text` directly.
+    let haystack = text.to_ascii_lowercase();
+    let needle = address.to_ascii_lowercase();
+    if needle.is_empty() {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    for (start, _) in haystack.match_indices(&needle) {
+        out.push_str(&text[rest..start]);
+        out.push_str(masked);
+        rest = start + needle.len();
+    }
+    out.push_str(&text[rest..]);
+    out
+}
+
 fn parse_page(raw: &str) -> Result<ResetUrl, JobError> {
     ResetUrl::parse("reset_url", raw)
         .map_err(|e| JobError::Permanent(format!("reset_url {}", e.description)))
@@ -441,6 +464,19 @@ mod tests {
             );
         }
         assert!(backoff(30) <= BACKOFF_MAX);
+    }
+
+    #[test]
+    fn addresses_in_relay_errors_are_masked_in_any_case() {
+        let masked = mask_address_in(
+            "550 5.1.1 <Jane@Example.com>: unknown; jane@example.com",
+            "jane@example.com",
+            "j***@example.com",
+        );
+        assert_eq!(
+            masked,
+            "550 5.1.1 <j***@example.com>: unknown; j***@example.com"
+        );
     }
 
     #[test]

@@ -99,24 +99,30 @@ impl PasswordHasher {
         .await
     }
 
+    /// Runs `work` on a blocking thread once admitted. The permits travel
+    /// with the work, so a caller that gives up (deadline, reset stream)
+    /// does not free a slot while its hash still runs.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> Result<T, HashError> + Send + 'static,
     ) -> Result<T, HashError> {
-        let _admitted = self
+        let admitted = self
             .admitted
             .clone()
             .try_acquire_owned()
             .map_err(|_| HashError::Busy)?;
-        let _running = self
+        let running = self
             .running
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| HashError::Busy)?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| HashError::Failed(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            let _permits = (admitted, running);
+            work()
+        })
+        .await
+        .map_err(|e| HashError::Failed(e.to_string()))?
     }
 }
 
@@ -198,6 +204,39 @@ mod tests {
             .unwrap();
         let rehashed = result.rehashed.unwrap();
         assert!(rehashed.starts_with("$argon2id$v=19$m=2048,"));
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gives_up_keeps_its_slot_until_the_hash_ends() {
+        let hasher = PasswordHasher::new(&HashingSettings {
+            memory_kib: 65_536,
+            iterations: 4,
+            parallelism: 1,
+            concurrency: 1,
+            queue_depth: 0,
+        })
+        .unwrap();
+        let abandoned = tokio::time::timeout(
+            std::time::Duration::from_millis(1),
+            hasher.hash("first one"),
+        )
+        .await;
+        assert!(abandoned.is_err(), "the first hash should still be running");
+        assert!(matches!(
+            hasher.hash("second one").await,
+            Err(HashError::Busy)
+        ));
+        // Once the abandoned hash finishes, its slot is free again.
+        let mut freed = false;
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if hasher.admitted.available_permits() == 1 {
+                freed = true;
+                break;
+            }
+        }
+        assert!(freed);
+        hasher.hash("third one").await.unwrap();
     }
 
     #[tokio::test]

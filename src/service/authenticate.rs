@@ -84,8 +84,16 @@ pub async fn authenticate(
         }
     };
     if let Some(new_hash) = verification.rehashed {
-        accounts::replace_hash(&ctx.db, &account.id, &account.password_hash, &new_hash).await?;
-        tracing::info!(account = %account.id, "password rehashed with current parameters");
+        // Best effort: the password was right, so the login stands.
+        match accounts::replace_hash(&ctx.db, &account.id, &account.password_hash, &new_hash).await
+        {
+            Ok(()) => {
+                tracing::info!(account = %account.id, "password rehashed with current parameters")
+            }
+            Err(error) => {
+                tracing::warn!(account = %account.id, %error, "could not store the rehashed password")
+            }
+        }
     }
     Ok(AuthenticatedAccount {
         account_id: account.id,

@@ -21,8 +21,6 @@ pub enum ServiceError {
     Token(TokenProblem),
     #[error("invalid credentials")]
     InvalidCredentials,
-    #[error("an account with this email already exists")]
-    AccountExists,
     #[error("too busy; retry in {retry_after:?}")]
     Busy { retry_after: Duration },
     /// The database cannot be reached. The text is for logs only.

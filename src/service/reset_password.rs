@@ -132,8 +132,9 @@ async fn complete_sign_up(
     )
     .await
     .map_err(|e| {
+        // Registered meanwhile by another sign-up: this link is superseded.
         if store::is_unique_violation(&e) {
-            ServiceError::AccountExists
+            ServiceError::Token(TokenProblem::Revoked)
         } else {
             e.into()
         }

@@ -10,8 +10,13 @@ pub mod requests;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::collections::HashSet;
+
 use rekey_migrations::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    TransactionTrait, sea_query::Query,
+};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use sea_orm::DbErr as StoreError;
@@ -52,17 +57,37 @@ pub async fn connect(url: &SecretString) -> Result<DatabaseConnection, DbErr> {
     Ok(db)
 }
 
-/// Applies pending migrations.
+/// Applies pending migrations. On PostgreSQL a transaction-scoped advisory
+/// lock serializes replicas that start together on an empty database.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    Migrator::up(db, None).await
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Migrator::up(db, None).await;
+    }
+    let tx = db.begin().await?;
+    tx.execute_unprepared("SELECT pg_advisory_xact_lock(491327808889)")
+        .await?;
+    Migrator::up(&tx, None).await?;
+    tx.commit().await
 }
 
-/// True when the database answers and no migration is pending.
+/// True when the database answers and every migration this binary knows is
+/// applied. Read-only; migrations from a newer release (applied by a newer
+/// replica during a rolling update) do not make this one unready.
 pub async fn is_ready(db: &DatabaseConnection) -> bool {
-    if db.ping().await.is_err() {
+    let applied = Query::select()
+        .column("version")
+        .from("seaql_migrations")
+        .to_owned();
+    let Ok(rows) = db.query_all(&applied).await else {
         return false;
-    }
-    matches!(Migrator::get_pending_migrations(db).await, Ok(pending) if pending.is_empty())
+    };
+    let applied: HashSet<String> = rows
+        .iter()
+        .filter_map(|row| row.try_get::<String>("", "version").ok())
+        .collect();
+    Migrator::migrations()
+        .iter()
+        .all(|migration| applied.contains(migration.name()))
 }
 
 fn sqlite_file_dir(url: &str) -> Option<std::path::PathBuf> {
@@ -79,10 +104,30 @@ fn sqlite_file_dir(url: &str) -> Option<std::path::PathBuf> {
         .map(|p| p.to_path_buf())
 }
 
-/// True for errors that mean "the database is not reachable right now".
+/// True for errors that mean "the database is not reachable right now":
+/// no connection, a connection lost mid-query, a server shutting down
+/// (SQLSTATE 08xxx, 57Pxx) or a SQLite file locked past the busy timeout.
 pub fn is_unavailable(error: &DbErr) -> bool {
-    matches!(error, DbErr::Conn(_) | DbErr::ConnectionAcquire(_))
-        || error.to_string().contains("database is locked")
+    use sea_orm::{RuntimeErr, sqlx};
+    match error {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            match e.as_ref() {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(db_error) => {
+                    let code = db_error.code().unwrap_or_default();
+                    code.starts_with("08")
+                        || code.starts_with("57P")
+                        || db_error.message().contains("database is locked")
+                }
+                _ => false,
+            }
+        }
+        _ => false,
+    }
 }
 
 /// True when an insert hit a unique constraint.

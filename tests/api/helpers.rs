@@ -447,7 +447,7 @@ const STALE_AFTER_SECS: u64 = 3600;
 /// Creates an empty database for one test and returns its URL. Its name
 /// carries its creation time, so that databases left by runs long gone can
 /// be dropped without touching those of tests running now.
-async fn fresh_postgres_database() -> String {
+pub async fn fresh_postgres_database() -> String {
     let admin_url = postgres_url().unwrap();
     let admin = Database::connect(&admin_url).await.unwrap();
     let now = std::time::SystemTime::now()

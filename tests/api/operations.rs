@@ -68,3 +68,100 @@ async fn the_server_stops_gracefully_when_told_to() {
         "no longer serving"
     );
 }
+
+async fn readiness(app: &crate::helpers::TestApp) -> ServingStatus {
+    HealthClient::new(app.channel.clone())
+        .check(HealthCheckRequest {
+            service: "readiness".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+}
+
+async fn wait_for_readiness(app: &crate::helpers::TestApp, wanted: ServingStatus) {
+    for _ in 0..100 {
+        if readiness(app).await == wanted {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("readiness never became {wanted:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_pending_migrations_but_ignores_newer_ones() {
+    use sea_orm::ConnectionTrait;
+    let app = spawn_app(Backend::Sqlite).await;
+    wait_for_readiness(&app, ServingStatus::Serving).await;
+
+    // A newer release's migration, applied by a newer replica: still ready.
+    app.db
+        .execute_unprepared(
+            "INSERT INTO seaql_migrations (version, applied_at) VALUES ('m20991231_000001_future', 0)",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(readiness(&app).await, ServingStatus::Serving);
+
+    // One of our own migrations missing: not ready.
+    app.db
+        .execute_unprepared("DELETE FROM seaql_migrations WHERE version LIKE 'm20261122%'")
+        .await
+        .unwrap();
+    wait_for_readiness(&app, ServingStatus::NotServing).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_health_watch_does_not_block_shutdown_past_the_grace() {
+    let mut app =
+        crate::helpers::spawn_app_with(Backend::Sqlite, |f| f.merge(("shutdown_grace", "1s")))
+            .await;
+    let mut watch = HealthClient::new(app.channel.clone())
+        .watch(HealthCheckRequest {
+            service: "liveness".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+
+    let started = std::time::Instant::now();
+    app.stop().await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_on_an_empty_postgres_database_both_migrate() {
+    use figment::Figment;
+    use rekey::{config::Settings, startup::App};
+    if crate::helpers::postgres_url().is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must set REKEY_TEST_POSTGRES_URL"
+        );
+        eprintln!("REKEY_TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
+        return;
+    }
+    let database_url = crate::helpers::fresh_postgres_database().await;
+    let build = || {
+        let settings = Settings::from_figment(
+            Figment::new()
+                .merge(("listen", "127.0.0.1:0"))
+                .merge(("database_url", database_url.clone()))
+                .merge(("reset_url", crate::helpers::RESET_PAGE))
+                .merge(("argon2_memory_kib", 1024))
+                .merge(("argon2_iterations", 1)),
+        )
+        .unwrap();
+        App::build(settings)
+    };
+    let (first, second) = tokio::join!(build(), build());
+    first.unwrap();
+    second.unwrap();
+}
