@@ -330,12 +330,14 @@ pub struct SmtpSink {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<ReceivedMail>>>,
     refuse_next: Arc<AtomicUsize>,
+    unknown_mailboxes: Arc<Mutex<Vec<String>>>,
 }
 
 #[derive(Clone)]
 struct SinkHandler {
     received: Arc<Mutex<Vec<ReceivedMail>>>,
     refuse_next: Arc<AtomicUsize>,
+    unknown_mailboxes: Arc<Mutex<Vec<String>>>,
     from: String,
     to: Vec<String>,
     data: Vec<u8>,
@@ -349,6 +351,20 @@ impl Handler for SinkHandler {
             .is_ok();
         if refuse {
             response::INTERNAL_ERROR
+        } else {
+            response::OK
+        }
+    }
+
+    fn rcpt(&mut self, to: &str) -> Response {
+        if self
+            .unknown_mailboxes
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m == to)
+        {
+            response::NO_MAILBOX
         } else {
             response::OK
         }
@@ -382,9 +398,11 @@ impl SmtpSink {
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let refuse_next = Arc::new(AtomicUsize::new(0));
+        let unknown_mailboxes = Arc::new(Mutex::new(Vec::new()));
         let handler = SinkHandler {
             received: received.clone(),
             refuse_next: refuse_next.clone(),
+            unknown_mailboxes: unknown_mailboxes.clone(),
             from: String::new(),
             to: Vec::new(),
             data: Vec::new(),
@@ -401,12 +419,21 @@ impl SmtpSink {
             addr,
             received,
             refuse_next,
+            unknown_mailboxes,
         }
     }
 
     /// Makes the next `count` messages fail at MAIL FROM with "451 local error".
     pub fn refuse_next(&self, count: usize) {
         self.refuse_next.store(count, Ordering::SeqCst);
+    }
+
+    /// Makes RCPT TO `mailbox` fail permanently with "550 mailbox unavailable".
+    pub fn reject_mailbox(&self, mailbox: &str) {
+        self.unknown_mailboxes
+            .lock()
+            .unwrap()
+            .push(mailbox.to_owned());
     }
 
     pub fn all(&self) -> Vec<ReceivedMail> {

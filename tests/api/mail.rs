@@ -43,3 +43,20 @@ async fn a_refused_send_is_retried_until_delivered(backend: Backend) {
         .unwrap();
 }
 flow_test!(a_refused_send_is_retried_until_delivered);
+
+async fn a_permanent_refusal_becomes_a_dead_letter(backend: Backend) {
+    let mut app = spawn_app(backend).await;
+    app.mailbox.reject_mailbox("jane@example.com");
+
+    app.sign_up("jane@example.com", "Jane").await.unwrap();
+
+    app.wait_for_outbox_drained().await;
+    let jobs = mail_outbox::Entity::find().all(&app.db).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].status, "dead");
+    assert_eq!(jobs[0].attempts, 1, "a 5xx is not retried");
+    let error = jobs[0].last_error.as_deref().unwrap();
+    assert!(error.contains("550"), "{error}");
+    assert!(app.mailbox.all().is_empty());
+}
+flow_test!(a_permanent_refusal_becomes_a_dead_letter);
