@@ -67,7 +67,7 @@ fn is_host_name(domain: &str) -> bool {
 }
 
 /// Masks the local part of an address, keeping its first character.
-pub(crate) fn mask(address: &str) -> String {
+pub fn mask(address: &str) -> String {
     match address.split_once('@') {
         Some((local, domain)) => {
             let first = local.chars().next().unwrap_or('*');

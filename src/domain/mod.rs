@@ -13,7 +13,7 @@ mod token;
 
 pub use client::ClientContext;
 pub use display_name::DisplayName;
-pub use email::EmailAddress;
+pub use email::{EmailAddress, mask};
 pub use locale::Locale;
 pub use password::{Password, PasswordPolicy};
 pub use purpose::Purpose;

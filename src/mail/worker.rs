@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     config::{MAIL_SEND_CONCURRENCY, MailWorkerSettings},
-    domain::{EmailAddress, Locale, Purpose, ResetUrl, Token},
+    domain::{EmailAddress, Locale, Purpose, ResetUrl, Token, mask},
     store::{
         self, accounts,
         audit::{self, AuditEvent, AuditKind},
@@ -122,9 +122,7 @@ impl MailWorker {
     }
 
     async fn process(&self, job: MailJob) {
-        let recipient = EmailAddress::parse("recipient", &job.recipient)
-            .map(|e| e.masked())
-            .unwrap_or_else(|_| "***".to_owned());
+        let recipient = mask(&job.recipient);
         // Relays quote the recipient in their errors; keep it masked.
         let result = self.deliver(&job).await.map_err(|e| match e {
             JobError::Transient(m) => {

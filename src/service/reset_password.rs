@@ -8,7 +8,7 @@ use super::{
     verify_token::{problem, usable_request},
 };
 use crate::{
-    domain::{EmailAddress, FieldError, Password, Purpose},
+    domain::{FieldError, Password, Purpose, mask},
     store::{
         self, accounts,
         audit::{self, AuditEvent, AuditKind},
@@ -87,7 +87,7 @@ async fn complete_reset(
         })
         .ok_or(ServiceError::Token(TokenProblem::Revoked))?;
     accounts::set_password(tx, &account.id, password_hash, now).await?;
-    requests::revoke_open_for_email(tx, &request.email, now).await?;
+    requests::revoke_open(tx, &request.email, None, "password reset", now).await?;
     outbox::enqueue(
         tx,
         &account.email,
@@ -105,7 +105,7 @@ async fn complete_reset(
         AuditEvent {
             account_id: Some(&account.id),
             request_id: Some(&request.id),
-            email_hint: Some(masked(&account.email)),
+            email_hint: Some(mask(&account.email)),
             ..Default::default()
         },
         now,
@@ -139,22 +139,18 @@ async fn complete_sign_up(
             e.into()
         }
     })?;
-    requests::revoke_open_for_email(tx, &request.email, now).await?;
+    requests::revoke_open(tx, &request.email, None, "signed up", now).await?;
     audit::record(
         tx,
         AuditKind::SignedUp,
         AuditEvent {
             account_id: Some(&account_id),
             request_id: Some(&request.id),
-            email_hint: Some(masked(&request.email)),
+            email_hint: Some(mask(&request.email)),
             ..Default::default()
         },
         now,
     )
     .await?;
     Ok(account_id)
-}
-
-fn masked(email: &str) -> String {
-    EmailAddress::parse("email", email).map_or_else(|_| "***".to_owned(), |e| e.masked())
 }

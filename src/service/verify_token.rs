@@ -4,7 +4,7 @@
 
 use super::{ServiceContext, ServiceError, TokenProblem};
 use crate::{
-    domain::{FieldError, Purpose, Token},
+    domain::{FieldError, Purpose, Token, mask},
     store::{
         audit::{self, AuditEvent, AuditKind},
         now_millis,
@@ -29,9 +29,7 @@ pub async fn verify_token(
     let request = usable_request(ctx, raw_token, now).await?;
     let purpose = Purpose::from_stored(&request.purpose)
         .ok_or_else(|| ServiceError::Internal(format!("unknown purpose {}", request.purpose)))?;
-    let email_hint = crate::domain::EmailAddress::parse("email", &request.email)
-        .map(|e| e.masked())
-        .unwrap_or_else(|_| "***".to_owned());
+    let email_hint = mask(&request.email);
     audit::record(
         &ctx.db,
         AuditKind::Verified,

@@ -5,7 +5,11 @@ use sea_orm::{
     sea_query::Expr,
 };
 
-use super::entities::{request, request_token};
+use super::{
+    audit::{self, AuditEvent, AuditKind},
+    entities::{request, request_token},
+};
+use crate::domain::mask;
 pub use request::Model as Request;
 
 /// Why a request no longer accepts its tokens, in order of precedence.
@@ -44,14 +48,14 @@ pub struct NewRequest<'a> {
 /// one. Run it in a transaction: the partial unique index allows only one
 /// open request per email and purpose.
 pub async fn open(db: &impl ConnectionTrait, new: NewRequest<'_>) -> Result<Request, DbErr> {
-    request::Entity::update_many()
-        .col_expr(request::Column::RevokedAt, new.now.into())
-        .filter(request::Column::Email.eq(new.email))
-        .filter(request::Column::Purpose.eq(new.purpose))
-        .filter(request::Column::ConsumedAt.is_null())
-        .filter(request::Column::RevokedAt.is_null())
-        .exec(db)
-        .await?;
+    revoke_open(
+        db,
+        new.email,
+        Some(new.purpose),
+        "superseded by a new request",
+        new.now,
+    )
+    .await?;
     let model = Request {
         id: uuid::Uuid::new_v4().to_string(),
         purpose: new.purpose.to_owned(),
@@ -121,18 +125,36 @@ pub async fn consume(db: &impl ConnectionTrait, request_id: &str, now: i64) -> R
     Ok(result.rows_affected == 1)
 }
 
-/// Revokes every open request for an email, any purpose. Returns how many.
-pub async fn revoke_open_for_email(
+/// Revokes the open requests of an email (of one purpose, or all) and
+/// audits it when there were any. Returns how many.
+pub async fn revoke_open(
     db: &impl ConnectionTrait,
     email: &str,
+    purpose: Option<&str>,
+    reason: &str,
     now: i64,
 ) -> Result<u64, DbErr> {
-    let result = request::Entity::update_many()
+    let mut update = request::Entity::update_many()
         .col_expr(request::Column::RevokedAt, Expr::value(now))
         .filter(request::Column::Email.eq(email))
         .filter(request::Column::ConsumedAt.is_null())
-        .filter(request::Column::RevokedAt.is_null())
-        .exec(db)
+        .filter(request::Column::RevokedAt.is_null());
+    if let Some(purpose) = purpose {
+        update = update.filter(request::Column::Purpose.eq(purpose));
+    }
+    let revoked = update.exec(db).await?.rows_affected;
+    if revoked > 0 {
+        audit::record(
+            db,
+            AuditKind::Revoked,
+            AuditEvent {
+                email_hint: Some(mask(email)),
+                detail: Some(reason),
+                ..Default::default()
+            },
+            now,
+        )
         .await?;
-    Ok(result.rows_affected)
+    }
+    Ok(revoked)
 }

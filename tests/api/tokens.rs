@@ -1,5 +1,5 @@
 use futures::future::join_all;
-use rekey::store::entities::request;
+use rekey::store::entities::{audit_event, request};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
 
 use crate::{
@@ -107,6 +107,15 @@ async fn a_new_request_revokes_the_older_link(backend: Backend) {
     app.reset_password(&second, "a brand new passphrase")
         .await
         .unwrap();
+
+    let events = audit_event::Entity::find().all(&app.db).await.unwrap();
+    let revoked: Vec<_> = events.iter().filter(|e| e.kind == "revoked").collect();
+    assert_eq!(revoked.len(), 1, "{events:?}");
+    assert_eq!(revoked[0].email_hint.as_deref(), Some("j***@example.com"));
+    assert_eq!(
+        revoked[0].detail.as_deref(),
+        Some("superseded by a new request")
+    );
 }
 flow_test!(a_new_request_revokes_the_older_link);
 
