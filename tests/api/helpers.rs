@@ -77,6 +77,7 @@ pub struct TestApp {
     pub channel: Channel,
     pub mailbox: SmtpSink,
     pub db: DatabaseConnection,
+    pub database_url: String,
     pub shutdown: CancellationToken,
     pub server: Option<JoinHandle<anyhow::Result<()>>>,
     /// Keeps the SQLite directory alive for the test's duration.
@@ -98,10 +99,26 @@ pub async fn spawn_app_with(
         Backend::Sqlite => format!("sqlite://{}/rekey.db?mode=rwc", dir.path().display()),
         Backend::Postgres => fresh_postgres_database().await,
     };
-    let mailbox = SmtpSink::start();
+    start_app(database_url, SmtpSink::start(), dir, configure).await
+}
+
+impl TestApp {
+    /// Another server on the same database and SMTP sink: a second replica.
+    pub async fn spawn_replica(&self) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        start_app(self.database_url.clone(), self.mailbox.clone(), dir, |f| f).await
+    }
+}
+
+async fn start_app(
+    database_url: String,
+    mailbox: SmtpSink,
+    dir: tempfile::TempDir,
+    configure: impl FnOnce(Figment) -> Figment,
+) -> TestApp {
     let figment = Figment::new()
         .merge(("listen", "127.0.0.1:0"))
-        .merge(("database_url", database_url))
+        .merge(("database_url", database_url.clone()))
         .merge(("smtp_url", format!("smtp://{}", mailbox.addr)))
         .merge(("smtp_timeout", "5s"))
         .merge(("mail_from", "rekey tests <no-reply@rekey.test>"))
@@ -133,6 +150,7 @@ pub async fn spawn_app_with(
         channel,
         mailbox,
         db,
+        database_url,
         shutdown,
         server: Some(server),
         dir,
@@ -411,7 +429,8 @@ impl SmtpSink {
             let mut server = Server::new(handler);
             server
                 .with_name("sink.rekey.test")
-                .with_num_threads(4)
+                // One thread per SMTP session, and rekey pools its connections.
+                .with_num_threads(64)
                 .with_tcp_listener(listener);
             let _ = server.serve();
         });

@@ -60,3 +60,38 @@ async fn a_permanent_refusal_becomes_a_dead_letter(backend: Backend) {
     assert!(app.mailbox.all().is_empty());
 }
 flow_test!(a_permanent_refusal_becomes_a_dead_letter);
+
+async fn two_replicas_share_the_outbox_and_mail_each_job_once(backend: Backend) {
+    let mut first = spawn_app(backend).await;
+    let mut second = first.spawn_replica().await;
+
+    let recipients: Vec<String> = (0..20).map(|i| format!("user{i}@example.com")).collect();
+    for (i, email) in recipients.iter().enumerate() {
+        let replica = if i % 2 == 0 { &mut first } else { &mut second };
+        replica.sign_up(email, "").await.unwrap();
+    }
+
+    for email in &recipients {
+        first.mailbox.wait_for(email, 1).await;
+    }
+    first.wait_for_outbox_drained().await;
+    assert_eq!(first.mailbox.all().len(), recipients.len(), "no mail twice");
+    let jobs = mail_outbox::Entity::find().all(&first.db).await.unwrap();
+    assert!(
+        jobs.iter()
+            .all(|job| job.status == "sent" && job.attempts == 1),
+        "{jobs:?}"
+    );
+
+    // A link mailed by either replica works on the other.
+    let token = first.mailbox.to("user1@example.com")[0].token();
+    first
+        .reset_password(&token, "a brand new passphrase")
+        .await
+        .unwrap();
+    second
+        .authenticate("user1@example.com", "a brand new passphrase")
+        .await
+        .unwrap();
+}
+flow_test!(two_replicas_share_the_outbox_and_mail_each_job_once);
