@@ -165,3 +165,47 @@ async fn replicas_starting_together_on_an_empty_postgres_database_both_migrate()
     first.unwrap();
     second.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_gives_unavailable_and_not_ready_until_it_ends() {
+    use sea_orm::{ConnectionTrait, Database};
+    use tonic_types::StatusExt;
+    let Some(admin_url) = crate::helpers::postgres_url() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must set REKEY_TEST_POSTGRES_URL"
+        );
+        eprintln!("REKEY_TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
+        return;
+    };
+    let mut app = spawn_app(Backend::Postgres).await;
+    wait_for_readiness(&app, ServingStatus::Serving).await;
+    let name = url::Url::parse(&app.database_url).unwrap().path()[1..].to_owned();
+    let admin = Database::connect(&admin_url).await.unwrap();
+
+    admin
+        .execute_unprepared(&format!(
+            "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"
+        ))
+        .await
+        .unwrap();
+    admin
+        .execute_unprepared(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .await
+        .unwrap();
+
+    let status = app.request_reset("jane@example.com").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.get_error_details().retry_info().is_some());
+    assert!(!status.message().contains(&name), "no internal detail");
+    wait_for_readiness(&app, ServingStatus::NotServing).await;
+
+    admin
+        .execute_unprepared(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    wait_for_readiness(&app, ServingStatus::Serving).await;
+    app.request_reset("jane@example.com").await.unwrap();
+}
