@@ -193,15 +193,11 @@ impl MailWorker {
         let intent = outbox::intent(job).map_err(|e| JobError::Permanent(e.to_string()))?;
         let email = EmailAddress::parse("recipient", &job.recipient)
             .map_err(|e| JobError::Permanent(format!("recipient {}", e.description)))?;
-        let account = accounts::find_by_email(&self.db, email.as_str())
-            .await?
-            .filter(|a| a.status == accounts::STATUS_ACTIVE);
-
         match intent {
             MailIntent::Reset {
                 locale, reset_url, ..
             } => {
-                let Some(account) = account else {
+                let Some(account) = self.active_account(&email).await? else {
                     return Ok(Outcome::Skipped("no active account"));
                 };
                 let page = parse_page(&reset_url)?;
