@@ -24,11 +24,6 @@ impl DisplayName {
         Ok(Self(trimmed.to_owned()))
     }
 
-    /// Wraps a name read back from the database, where it was stored parsed.
-    pub fn from_stored(name: String) -> Self {
-        Self(name)
-    }
-
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -79,10 +79,6 @@ impl ResetUrlAllowList {
         Self(entries)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     pub fn allows(&self, page: &ResetUrl) -> bool {
         self.0.iter().any(|entry| {
             let (allowed, candidate) = (&entry.0, &page.0);

@@ -214,16 +214,8 @@ impl MailWorker {
                 else {
                     return Ok(Outcome::Skipped("request no longer open"));
                 };
-                self.send_link(
-                    job,
-                    &email,
-                    &request,
-                    &page,
-                    TemplateKind::Reset,
-                    &account.display_name,
-                    &locale,
-                )
-                .await
+                self.send_link(job, &email, &request, &page, TemplateKind::Reset)
+                    .await
             }
             MailIntent::SignUp {
                 display_name,
@@ -253,8 +245,7 @@ impl MailWorker {
                 else {
                     return Ok(Outcome::Skipped("request no longer open"));
                 };
-                self.send_link(job, &email, &request, &page, kind, name, &locale)
-                    .await
+                self.send_link(job, &email, &request, &page, kind).await
             }
             MailIntent::PasswordChanged {
                 display_name,
@@ -330,7 +321,8 @@ impl MailWorker {
         Ok(Some(request))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Mints a token for `request` and mails its link. Name and locale come
+    /// from the request, so a retry renders the same mail.
     async fn send_link(
         &self,
         job: &MailJob,
@@ -338,22 +330,20 @@ impl MailWorker {
         request: &requests::Request,
         page: &ResetUrl,
         kind: TemplateKind,
-        display_name: &str,
-        locale: &str,
     ) -> Result<Outcome, JobError> {
         let token = Token::mint().map_err(|e| JobError::Transient(format!("randomness: {e}")))?;
         requests::add_token_digest(&self.db, &request.id, token.digest().as_str(), now_millis())
             .await?;
         let remaining =
             Duration::from_millis(u64::try_from(request.expires_at - now_millis()).unwrap_or(0));
-        let locale = Locale::parse("locale", locale).unwrap_or_default();
+        let locale = Locale::parse("locale", &request.locale).unwrap_or_default();
         let mail = self
             .templates
             .render(
                 kind,
                 &locale,
                 context! {
-                    display_name => display_name,
+                    display_name => &request.display_name,
                     email => email.as_str(),
                     link => page.link(&token),
                     expires_in => humanize(remaining),

@@ -67,16 +67,8 @@ pub async fn request_reset(
     let intent = MailIntent::Reset {
         locale: request.locale.as_str().to_owned(),
         reset_url: request.page.as_template(),
-        ip: request.ip.clone(),
     };
-    queue(
-        ctx,
-        &request.email,
-        &intent,
-        AuditKind::ResetRequested,
-        request.ip,
-    )
-    .await
+    queue(ctx, &request, &intent, AuditKind::ResetRequested).await
 }
 
 pub async fn sign_up(ctx: &ServiceContext, input: LinkRequestInput) -> Result<(), ServiceError> {
@@ -85,25 +77,19 @@ pub async fn sign_up(ctx: &ServiceContext, input: LinkRequestInput) -> Result<()
         display_name: request.display_name.as_str().to_owned(),
         locale: request.locale.as_str().to_owned(),
         reset_url: request.page.as_template(),
-        ip: request.ip.clone(),
     };
-    queue(
-        ctx,
-        &request.email,
-        &intent,
-        AuditKind::SignUpRequested,
-        request.ip,
-    )
-    .await
+    queue(ctx, &request, &intent, AuditKind::SignUpRequested).await
 }
 
+/// Writes the outbox row and its audit event in one transaction, then
+/// wakes the mail worker.
 async fn queue(
     ctx: &ServiceContext,
-    email: &EmailAddress,
+    request: &LinkRequest,
     intent: &MailIntent,
     kind: AuditKind,
-    ip: Option<String>,
 ) -> Result<(), ServiceError> {
+    let email = &request.email;
     let now = now_millis();
     let tx = ctx.db.begin().await?;
     outbox::enqueue(&tx, email.as_str(), intent, now).await?;
@@ -112,7 +98,7 @@ async fn queue(
         kind,
         AuditEvent {
             email_hint: Some(email.masked()),
-            ip,
+            ip: request.ip.clone(),
             ..Default::default()
         },
         now,

@@ -26,17 +26,12 @@ pub const STATUS_DEAD: &str = "dead";
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MailIntent {
     /// A reset link, if the address has an account.
-    Reset {
-        locale: String,
-        reset_url: String,
-        ip: Option<String>,
-    },
+    Reset { locale: String, reset_url: String },
     /// A sign-up link, or "already registered" if the address has an account.
     SignUp {
         display_name: String,
         locale: String,
         reset_url: String,
-        ip: Option<String>,
     },
     /// Notice that an account's password changed.
     PasswordChanged {
