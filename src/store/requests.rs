@@ -1,8 +1,9 @@
 //! Reset and sign-up requests, and the digests of the tokens minted for them.
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
-    sea_query::Expr,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
+    sea_query::{Expr, Query},
 };
 
 use super::{
@@ -80,18 +81,20 @@ pub async fn find(db: &impl ConnectionTrait, request_id: &str) -> Result<Option<
         .await
 }
 
-/// The request a token digest belongs to, if any.
+/// The request a token digest belongs to, if any. One round trip.
 pub async fn find_by_token_digest(
     db: &impl ConnectionTrait,
     digest: &str,
 ) -> Result<Option<Request>, DbErr> {
-    let Some(token) = request_token::Entity::find_by_id(digest.to_owned())
+    let owner = Query::select()
+        .column(request_token::Column::RequestId)
+        .from(request_token::Entity)
+        .and_where(request_token::Column::Digest.eq(digest))
+        .to_owned();
+    request::Entity::find()
+        .filter(request::Column::Id.in_subquery(owner))
         .one(db)
-        .await?
-    else {
-        return Ok(None);
-    };
-    find(db, &token.request_id).await
+        .await
 }
 
 /// Records the digest of a newly minted token for a request.
