@@ -5,9 +5,15 @@
 //!
 //! `cargo bench --bench enumeration` (SQLite); set REKEY_TEST_POSTGRES_URL
 //! for PostgreSQL, REKEY_BENCH_ROUNDS for more or fewer calls.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    unused_imports,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
-#[path = "../tests/api/helpers.rs"]
+#[path = "../tests/api/helpers/mod.rs"]
 mod helpers;
 
 use std::time::{Duration, Instant};
@@ -21,7 +27,7 @@ async fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(400);
-    let backend = if postgres_url().is_some() {
+    let backend = if postgres_url().await.is_some() {
         Backend::Postgres
     } else {
         Backend::Sqlite

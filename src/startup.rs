@@ -1,51 +1,82 @@
 //! One start-up path for `main` and the tests: bind, connect, migrate, wire
-//! the services, health, reflection and the mail worker, then serve until
-//! told to stop.
+//! the services, health, reflection and the mail worker into a router, then
+//! serve until told to stop. Settings become each component's parameters
+//! here, so no lower layer reads `config`.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use sea_orm::DatabaseConnection;
+use secrecy::ExposeSecret;
 use tokio::{net::TcpListener, sync::Notify};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic::{server::NamedService, transport::server::Router};
+use tonic_health::{
+    ServingStatus,
+    pb::health_server::HealthServer,
+    server::{HealthReporter, HealthService},
+};
+use tower::layer::util::{Identity, Stack};
 
 use crate::{
-    config::Settings,
+    config::{MailTransportSettings, Settings, TlsSettings},
+    domain::{Clock, SystemClock},
     grpc::{
-        AccountsService, PasswordResetService,
+        AccountsService, CallerLayer, PasswordResetService, incoming,
         pb::{self, accounts_server::AccountsServer, password_reset_server::PasswordResetServer},
     },
-    mail::{templates::Templates, transport::MailTransport, worker::MailWorker},
-    security::hashing::PasswordHasher,
+    mail::{
+        delivery::Delivery,
+        mailer::Mailer,
+        templates::Templates,
+        transport::{MailTransport, TransportError},
+        worker::MailWorker,
+    },
+    security::{hashing::PasswordHasher, tls::ReloadingAcceptor},
     service::ServiceContext,
-    store,
+    store, telemetry,
 };
 
-/// Health services that follow database readiness.
+/// Health services that follow database readiness: the server as a whole,
+/// the Kubernetes readiness name, and each rekey service.
 const READY_SERVICES: [&str; 4] = [
     "",
     "readiness",
-    "rekey.v1.PasswordReset",
-    "rekey.v1.Accounts",
+    <PasswordResetServer<PasswordResetService> as NamedService>::NAME,
+    <AccountsServer<AccountsService> as NamedService>::NAME,
 ];
 
-/// A built server, bound and migrated, not yet serving.
+/// A built server, bound, migrated and wired, not yet serving.
 pub struct App {
     listener: TcpListener,
+    tls: Option<TlsSettings>,
+    /// The plaintext port serving health alone.
+    health_port: Option<TcpListener>,
+    health_service: HealthServer<HealthService>,
+    router: Router<Stack<CallerLayer, Identity>>,
+    health: HealthReporter,
     db: DatabaseConnection,
-    ctx: ServiceContext,
+    hasher: PasswordHasher,
     worker: MailWorker,
-    settings: Settings,
+    health_check_interval: Duration,
+    shutdown_grace: Duration,
 }
 
 impl App {
-    /// Binds `settings.listen` (port 0 picks a free port), connects to the
-    /// database and applies pending migrations.
+    /// Builds on the system clock.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    /// Binds `settings.listen` (port 0 picks a free port), connects to the
+    /// database, applies pending migrations and wires every service.
+    pub async fn build_with_clock(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
         let transport =
-            MailTransport::from_settings(&settings.mail_transport).map_err(anyhow::Error::msg)?;
+            mail_transport(&settings.mail.transport).context("setting up the mail transport")?;
         if let MailTransport::File(_) = transport {
             tracing::warn!(
                 "mail, links included, is written to files: a development transport; \
@@ -53,7 +84,13 @@ impl App {
             );
         }
         let templates = Templates::embedded().context("loading mail templates")?;
-        let hasher = PasswordHasher::new(&settings.hashing).context("configuring argon2")?;
+        let passwords = &settings.passwords;
+        let hasher = PasswordHasher::new(
+            passwords.argon2.clone(),
+            passwords.hash_concurrency,
+            passwords.hash_queue_depth,
+        )
+        .context("setting up the hashing pool")?;
 
         let db = store::connect(&settings.database_url)
             .await
@@ -63,33 +100,68 @@ impl App {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
+        let health_port = match settings.health_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the health port {addr}"))?,
+            ),
+            None => None,
+        };
+        for problem in &settings.insecure {
+            tracing::warn!(
+                problem = problem.as_str(),
+                "protected mode overridden by REKEY_ALLOW_INSECURE"
+            );
+        }
 
         let mail_wake = Arc::new(Notify::new());
+        let links = settings.links;
         let ctx = ServiceContext {
             db: db.clone(),
-            hasher,
-            password_policy: settings.password_policy,
-            default_reset_url: settings.default_reset_url.clone(),
-            allowed_reset_urls: settings.allowed_reset_urls.clone(),
+            hasher: hasher.clone(),
+            password_policy: passwords.policy,
+            default_reset_url: links.default_reset_url,
+            allowed_reset_urls: links.allowed_reset_urls,
             mail_wake: mail_wake.clone(),
+            clock: clock.clone(),
+            limits: settings.limits,
         };
-        let worker = MailWorker {
-            db: db.clone(),
-            transport,
+        let mailer = Mailer {
             templates: Arc::new(templates),
-            from: settings.mail_from.clone(),
-            reply_to: settings.mail_reply_to.clone(),
-            settings: settings.mail_worker,
-            reset_token_ttl: settings.reset_token_ttl,
-            signup_token_ttl: settings.signup_token_ttl,
-            wake: mail_wake,
+            transport,
+            sender: settings.mail.sender,
         };
+        let delivery = Delivery::new(db.clone(), mailer, links.lifetimes, clock.clone());
+        let worker = MailWorker::new(db.clone(), delivery, settings.mail.worker, mail_wake, clock);
+
+        let health = HealthReporter::new();
+        let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
+        let router = tonic::transport::Server::builder()
+            .layer(CallerLayer::new(settings.callers))
+            .add_service(health_service.clone())
+            .add_service(reflection().build_v1().context("building reflection v1")?)
+            .add_service(
+                reflection()
+                    .build_v1alpha()
+                    .context("building reflection v1alpha")?,
+            )
+            .add_service(PasswordResetServer::new(PasswordResetService::new(
+                ctx.clone(),
+            )))
+            .add_service(AccountsServer::new(AccountsService::new(ctx)));
         Ok(Self {
             listener,
+            tls: settings.tls,
+            health_port,
+            health_service,
+            router,
+            health,
             db,
-            ctx,
+            hasher,
             worker,
-            settings,
+            health_check_interval: settings.health_check_interval,
+            shutdown_grace: settings.shutdown_grace,
         })
     }
 
@@ -97,47 +169,67 @@ impl App {
         self.listener.local_addr()
     }
 
+    /// The plaintext health port's address, when there is one.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_port.as_ref()?.local_addr().ok()
+    }
+
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// The hashing pool, to observe how busy it is.
+    pub fn hasher(&self) -> &PasswordHasher {
+        &self.hasher
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting calls,
     /// finishes the ones in flight and the mail being sent, and returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let (reporter, health_service) = tonic_health::server::health_reporter();
-        reporter
+        let Self {
+            listener,
+            tls,
+            health_port,
+            health_service,
+            router,
+            health,
+            db,
+            worker,
+            health_check_interval,
+            shutdown_grace: grace,
+            ..
+        } = self;
+        health
             .set_service_status("liveness", ServingStatus::Serving)
             .await;
-        set_ready(&reporter, store::is_ready(&self.db).await).await;
+        set_ready(&health, store::is_ready(&db).await).await;
         let readiness = tokio::spawn(watch_readiness(
-            reporter.clone(),
-            self.db.clone(),
-            self.settings.health_check_interval,
+            health,
+            db,
+            health_check_interval,
             shutdown.clone(),
         ));
+        let worker = tokio::spawn(worker.run(shutdown.clone()));
+        if let Some(health_port) = health_port {
+            tokio::spawn(serve_health(health_port, health_service, shutdown.clone()));
+        }
+        let addr = listener.local_addr()?;
+        let (acceptor, handshake_timeout) = match tls {
+            Some(tls) => {
+                let acceptor =
+                    ReloadingAcceptor::watch(tls.files, tls.reload_interval, shutdown.clone())
+                        .context("loading the TLS certificate")?;
+                (Some(acceptor), tls.handshake_timeout)
+            }
+            None => (None, Duration::ZERO),
+        };
+        tracing::info!(%addr, tls = acceptor.is_some(), "rekey listening");
+        let incoming = incoming::accept(listener, acceptor, handshake_timeout, shutdown.clone());
 
-        let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .context("building reflection v1alpha")?;
-
-        let worker = tokio::spawn(self.worker.run(shutdown.clone()));
-        let addr = self.listener.local_addr()?;
-        tracing::info!(%addr, "rekey listening");
-
-        let server = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(PasswordResetServer::new(PasswordResetService::new(
-                self.ctx.clone(),
-            )))
-            .add_service(AccountsServer::new(AccountsService::new(self.ctx)))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
-                shutdown.cancelled().await;
-                tracing::info!("shutting down: no new calls, finishing those in flight");
-            });
-        let grace = self.settings.shutdown_grace;
+        let server = router.serve_with_incoming_shutdown(incoming, async {
+            shutdown.cancelled().await;
+            tracing::info!("shutting down: no new calls, finishing those in flight");
+        });
         // Long-lived streams (health Watch) would hold the drain open forever.
         let drain_deadline = async {
             shutdown.cancelled().await;
@@ -166,6 +258,165 @@ impl App {
     }
 }
 
+/// `rekey serve`: logs, builds, and serves until Ctrl-C or SIGTERM.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    telemetry::init(settings.log_format)?;
+    let app = App::build(settings).await?;
+    app.run_until_stopped(shutdown_on_signal()).await
+}
+
+/// `rekey migrate`: applies pending migrations and returns. It needs the
+/// database URL alone, so a migration job needs no mail or link settings.
+pub async fn migrate(settings: &crate::config::MigrateSettings) -> anyhow::Result<()> {
+    let db = store::connect(&settings.database_url)
+        .await
+        .context("connecting to the database")?;
+    store::migrate(&db).await.context("applying migrations")?;
+    println!("migrations applied");
+    Ok(())
+}
+
+/// `rekey check-config`: reports what the settings amount to, once the
+/// parts that can be built without the network (the mail transport) are.
+/// With `connect`, it also reaches the database (`SELECT 1`) and the mail
+/// transport (the SMTP relay: greeting, TLS, login and NOOP; or a file
+/// written to the mail directory), reports each as `ok` or `FAILED: reason`,
+/// and fails if either does. Reasons are masked of every secret setting.
+pub async fn check_config(settings: &Settings, connect: bool) -> anyhow::Result<()> {
+    use sea_orm::ConnectionTrait as _;
+
+    /// The causes of `error`, each once (lettre and sea-orm repeat their
+    /// source in their own message), with no secret.
+    fn reason(settings: &Settings, error: &anyhow::Error) -> String {
+        let mut text = String::new();
+        for cause in error.chain().map(ToString::to_string) {
+            if !text.contains(&cause) {
+                text.push_str(if text.is_empty() { "" } else { ": " });
+                text.push_str(&cause);
+            }
+        }
+        settings.redact(&text)
+    }
+
+    let transport =
+        mail_transport(&settings.mail.transport).context("setting up the mail transport")?;
+    println!("configuration OK\n{}", settings.summary());
+    if !connect {
+        return Ok(());
+    }
+    let database = async {
+        let reach = async {
+            let db = store::connect(&settings.database_url).await?;
+            db.execute_unprepared("SELECT 1").await?;
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(15), reach)
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within 15s"))?
+    };
+    let mail = async {
+        if let MailTransport::Smtp {
+            transport,
+            send_timeout,
+        } = &transport
+        {
+            let answered = tokio::time::timeout(*send_timeout, transport.test_connection())
+                .await
+                .map_err(|_| anyhow::anyhow!("no answer within {send_timeout:?}"))??;
+            anyhow::ensure!(answered, "the relay did not answer NOOP");
+        } else if let MailTransportSettings::File { dir } = &settings.mail.transport {
+            let probe = dir.join(format!(".rekey-check-{}", uuid::Uuid::new_v4()));
+            tokio::fs::write(&probe, "written by rekey check-config --connect\n")
+                .await
+                .context("cannot write a file there")?;
+            tokio::fs::remove_file(&probe)
+                .await
+                .context("cannot remove a file written there")?;
+        }
+        anyhow::Ok(())
+    };
+    let (database, mail) = tokio::join!(database, mail);
+    let mut failed = Vec::new();
+    for (name, outcome) in [
+        ("database".to_owned(), database),
+        (settings.mail.transport.to_string(), mail),
+    ] {
+        match outcome {
+            Ok(()) => println!("{name}: ok"),
+            Err(error) => {
+                println!("{name}: FAILED: {}", reason(settings, &error));
+                failed.push(name);
+            }
+        }
+    }
+    anyhow::ensure!(
+        failed.is_empty(),
+        "connection check failed: {}",
+        failed.join(", ")
+    );
+    Ok(())
+}
+
+fn mail_transport(settings: &MailTransportSettings) -> Result<MailTransport, TransportError> {
+    match settings {
+        MailTransportSettings::Smtp { url, timeout } => {
+            MailTransport::smtp(url.expose_secret(), *timeout)
+        }
+        MailTransportSettings::File { dir } => MailTransport::file(dir.clone()),
+    }
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    shutdown
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    shutdown.cancel();
+}
+
+/// Serves `grpc.health.v1` alone, in plaintext: Kubernetes' `grpc:` probes
+/// cannot speak TLS.
+async fn serve_health(
+    listener: TcpListener,
+    health: HealthServer<HealthService>,
+    shutdown: CancellationToken,
+) {
+    let served = tonic::transport::Server::builder()
+        .add_service(health)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .await;
+    if let Err(error) = served {
+        tracing::error!(%error, "the health port stopped");
+    }
+}
+
 /// Reflection describes everything served, so `grpcurl list` shows it all.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
@@ -191,7 +442,7 @@ async fn set_ready(reporter: &HealthReporter, ready: bool) {
 async fn watch_readiness(
     reporter: HealthReporter,
     db: DatabaseConnection,
-    interval: std::time::Duration,
+    interval: Duration,
     shutdown: CancellationToken,
 ) {
     let mut was_ready = None;

@@ -1,9 +1,16 @@
 //! Logging through `tracing`: human-readable or JSON lines on stderr, level
 //! from `RUST_LOG` (default `info`).
 
+use serde::Deserialize;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::config::LogFormat;
+/// How logs are written.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
 
 /// Installs the global subscriber. Fails if one is already installed.
 pub fn init(format: LogFormat) -> anyhow::Result<()> {

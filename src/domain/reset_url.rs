@@ -79,6 +79,11 @@ impl ResetUrlAllowList {
         Self(entries)
     }
 
+    /// The allowed pages, in the order given.
+    pub fn pages(&self) -> impl Iterator<Item = &ResetUrl> {
+        self.0.iter()
+    }
+
     pub fn allows(&self, page: &ResetUrl) -> bool {
         self.0.iter().any(|entry| {
             let (allowed, candidate) = (&entry.0, &page.0);

@@ -1,6 +1,7 @@
 use tonic::{Request, Response, Status};
 
 use super::{
+    caller_name,
     pb::{self, accounts_server::Accounts},
     timestamp, to_status,
 };
@@ -23,6 +24,7 @@ impl Accounts for AccountsService {
         &self,
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        let caller = caller_name(&request);
         let message = request.into_inner();
         let (client_ip, client_user_agent) = message
             .client
@@ -34,6 +36,7 @@ impl Accounts for AccountsService {
                 password: message.password,
                 client_ip,
                 client_user_agent,
+                caller,
             },
         )
         .await

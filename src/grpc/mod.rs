@@ -2,6 +2,8 @@
 //! [`ServiceError`] to `tonic::Status`.
 
 mod accounts;
+mod callers;
+pub mod incoming;
 mod password_reset;
 
 use std::{collections::HashMap, time::Duration};
@@ -10,9 +12,13 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 pub use accounts::AccountsService;
+pub use callers::{CallerLayer, caller_name};
 pub use password_reset::PasswordResetService;
 
-use crate::service::{ServiceError, TokenProblem};
+use crate::{
+    security::callers::Refusal,
+    service::{ServiceError, TokenProblem},
+};
 
 /// Generated code for `rekey.v1`.
 pub mod pb {
@@ -34,7 +40,8 @@ pub mod pb {
 pub const ERROR_DOMAIN: &str = "rekey.dev";
 
 /// The single translation of use-case errors to gRPC statuses. Internal
-/// detail is logged here and never sent to the caller.
+/// detail is logged here, once and with its whole chain of causes, and
+/// never sent to the caller.
 pub fn to_status(error: ServiceError) -> Status {
     match error {
         ServiceError::InvalidArgument(violations) => {
@@ -75,21 +82,49 @@ pub fn to_status(error: ServiceError) -> Status {
             "invalid email or password",
             "INVALID_CREDENTIALS",
         ),
+        ServiceError::Caller(Refusal::Unauthenticated) => with_reason(
+            Code::Unauthenticated,
+            "send a valid API key (authorization: Bearer <key>) or client certificate",
+            "API_KEY_INVALID",
+        ),
+        ServiceError::Caller(Refusal::MissingScope) => with_reason(
+            Code::PermissionDenied,
+            "this caller may not use this service",
+            "API_KEY_SCOPE",
+        ),
         ServiceError::Busy { retry_after } => retry_later(
             Code::ResourceExhausted,
             "too many requests in progress; retry later",
             retry_after,
         ),
-        ServiceError::Unavailable(detail) => {
-            tracing::error!(error = %detail, "database unavailable");
+        ServiceError::RateLimited {
+            limit,
+            description,
+            retry_after,
+        } => {
+            let mut details = ErrorDetails::with_error_info(
+                "RATE_LIMITED",
+                ERROR_DOMAIN,
+                HashMap::from([("limit".to_owned(), limit.to_owned())]),
+            );
+            details.set_retry_info(Some(retry_after));
+            details.add_quota_failure_violation(limit, description);
+            Status::with_error_details(
+                Code::ResourceExhausted,
+                "rate limit reached; retry later",
+                details,
+            )
+        }
+        ServiceError::Unavailable(source) => {
+            tracing::error!(error = format!("{source:#}"), "database unavailable");
             retry_later(
                 Code::Unavailable,
                 "service temporarily unavailable; retry later",
                 Duration::from_secs(1),
             )
         }
-        ServiceError::Internal(detail) => {
-            tracing::error!(error = %detail, "internal error");
+        ServiceError::Internal(source) => {
+            tracing::error!(error = format!("{source:#}"), "internal error");
             Status::internal("internal error")
         }
     }
@@ -163,12 +198,14 @@ mod tests {
 
     #[test]
     fn internal_detail_never_reaches_the_caller() {
-        let status = to_status(ServiceError::Internal("SELECT secret FROM x".into()));
+        let status = to_status(ServiceError::Internal(anyhow::anyhow!(
+            "SELECT secret FROM x"
+        )));
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("secret"));
-        let status = to_status(ServiceError::Unavailable(
-            "pool timed out at 10.0.0.5".into(),
-        ));
+        let status = to_status(ServiceError::Unavailable(anyhow::anyhow!(
+            "pool timed out at 10.0.0.5"
+        )));
         assert_eq!(status.code(), Code::Unavailable);
         assert!(!status.message().contains("10.0.0.5"));
         assert!(status.get_error_details().retry_info().is_some());

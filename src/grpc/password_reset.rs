@@ -1,6 +1,7 @@
 use tonic::{Request, Response, Status};
 
 use super::{
+    caller_name,
     pb::{self, password_reset_server::PasswordReset},
     timestamp, to_status,
 };
@@ -20,8 +21,34 @@ impl PasswordResetService {
     }
 }
 
-fn client_fields(client: Option<pb::ClientContext>) -> (String, String) {
-    client.map_or_else(Default::default, |c| (c.ip, c.user_agent))
+impl From<pb::RequestResetRequest> for LinkRequestInput {
+    fn from(message: pb::RequestResetRequest) -> Self {
+        let client = message.client.unwrap_or_default();
+        Self {
+            email: message.email,
+            display_name: String::new(),
+            locale: message.locale,
+            reset_url: message.reset_url,
+            client_ip: client.ip,
+            client_user_agent: client.user_agent,
+            caller: None,
+        }
+    }
+}
+
+impl From<pb::SignUpRequest> for LinkRequestInput {
+    fn from(message: pb::SignUpRequest) -> Self {
+        let without_name = pb::RequestResetRequest {
+            email: message.email,
+            locale: message.locale,
+            reset_url: message.reset_url,
+            client: message.client,
+        };
+        Self {
+            display_name: message.display_name,
+            ..without_name.into()
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -30,15 +57,10 @@ impl PasswordReset for PasswordResetService {
         &self,
         request: Request<pb::RequestResetRequest>,
     ) -> Result<Response<pb::RequestResetResponse>, Status> {
-        let message = request.into_inner();
-        let (client_ip, client_user_agent) = client_fields(message.client);
+        let caller = caller_name(&request);
         let input = LinkRequestInput {
-            email: message.email,
-            display_name: String::new(),
-            locale: message.locale,
-            reset_url: message.reset_url,
-            client_ip,
-            client_user_agent,
+            caller,
+            ..request.into_inner().into()
         };
         service::request_reset(&self.ctx, input)
             .await
@@ -50,7 +72,9 @@ impl PasswordReset for PasswordResetService {
         &self,
         request: Request<pb::VerifyTokenRequest>,
     ) -> Result<Response<pb::VerifyTokenResponse>, Status> {
-        let info = service::verify_token(&self.ctx, &request.into_inner().token)
+        let caller = caller_name(&request);
+        let token = request.into_inner().token;
+        let info = service::verify_token(&self.ctx, &token, caller.as_deref())
             .await
             .map_err(to_status)?;
         let purpose = match info.purpose {
@@ -68,12 +92,14 @@ impl PasswordReset for PasswordResetService {
         &self,
         request: Request<pb::ResetPasswordRequest>,
     ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
+        let caller = caller_name(&request);
         let message = request.into_inner();
         let account_id = service::reset_password(
             &self.ctx,
             ResetPasswordInput {
                 token: message.token,
                 new_password: message.new_password,
+                caller,
             },
         )
         .await
@@ -85,15 +111,10 @@ impl PasswordReset for PasswordResetService {
         &self,
         request: Request<pb::SignUpRequest>,
     ) -> Result<Response<pb::SignUpResponse>, Status> {
-        let message = request.into_inner();
-        let (client_ip, client_user_agent) = client_fields(message.client);
+        let caller = caller_name(&request);
         let input = LinkRequestInput {
-            email: message.email,
-            display_name: message.display_name,
-            locale: message.locale,
-            reset_url: message.reset_url,
-            client_ip,
-            client_user_agent,
+            caller,
+            ..request.into_inner().into()
         };
         service::sign_up(&self.ctx, input)
             .await

@@ -1,5 +1,8 @@
-//! Mail: templates, transports, and the worker that drains the outbox.
+//! Mail: templates, transports, delivering one job, and the worker that
+//! drains the outbox.
 
+pub mod delivery;
+pub mod mailer;
 pub mod templates;
 pub mod transport;
 pub mod worker;

@@ -58,9 +58,22 @@ pub struct Templates {
     env: Environment<'static>,
 }
 
+/// A template that does not compile or render.
 #[derive(Debug, thiserror::Error)]
-#[error("mail template error: {0}")]
-pub struct TemplateError(String);
+pub enum TemplateError {
+    #[error("mail template {name} does not compile")]
+    Compile {
+        name: &'static str,
+        #[source]
+        source: minijinja::Error,
+    },
+    #[error("mail template {name} does not render")]
+    Render {
+        name: String,
+        #[source]
+        source: minijinja::Error,
+    },
+}
 
 impl Templates {
     /// Loads and compiles the embedded templates; a broken one fails start-up.
@@ -68,7 +81,7 @@ impl Templates {
         let mut env = Environment::new();
         for (name, source) in EMBEDDED {
             env.add_template(name, source)
-                .map_err(|e| TemplateError(format!("{name}: {e}")))?;
+                .map_err(|source| TemplateError::Compile { name, source })?;
         }
         Ok(Self { env })
     }
@@ -85,7 +98,7 @@ impl Templates {
             self.env
                 .get_template(&name)
                 .and_then(|t| t.render(&context))
-                .map_err(|e| TemplateError(format!("{name}: {e}")))
+                .map_err(|source| TemplateError::Render { name, source })
         };
         Ok(RenderedMail {
             subject: part("subject")?.trim().to_owned(),

@@ -1,14 +1,11 @@
 //! Where rendered mail goes: an SMTP relay or `.eml` files.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use lettre::{
     AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
-    transport::smtp::response::Category,
+    transport::{file, smtp, smtp::response::Category},
 };
-use secrecy::ExposeSecret;
-
-use crate::config::MailTransportSettings;
 
 /// A configured transport. SMTP keeps a connection pool.
 #[derive(Clone)]
@@ -21,34 +18,73 @@ pub enum MailTransport {
     File(AsyncFileTransport<Tokio1Executor>),
 }
 
-/// A failed send. `permanent` means retrying cannot help (an SMTP 5xx).
+/// A transport that cannot be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct SendError {
-    pub permanent: bool,
-    pub message: String,
+pub enum TransportError {
+    #[error("the SMTP URL is not usable")]
+    SmtpUrl(#[source] smtp::Error),
+    #[error("cannot create the mail directory {}", dir.display())]
+    MailDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A failed send.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("the SMTP relay failed")]
+    Smtp(#[source] smtp::Error),
+    #[error("the SMTP send timed out after {0:?}")]
+    TimedOut(Duration),
+    #[error("writing the mail file failed")]
+    File(#[source] file::Error),
+}
+
+impl SendError {
+    /// True when retrying cannot help: an SMTP 5xx about the message or
+    /// recipient. 53x (authentication) is our relay setup, not the
+    /// recipient: keep the mail and retry once it is fixed.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            SendError::Smtp(error) => {
+                error.is_permanent()
+                    && error
+                        .status()
+                        .is_none_or(|code| code.category != Category::Unspecified3)
+            }
+            SendError::TimedOut(_) | SendError::File(_) => false,
+        }
+    }
+}
+
+/// The longest one SMTP send may take with `command_timeout` per command.
+pub fn smtp_send_bound(command_timeout: Duration) -> Duration {
+    command_timeout.saturating_mul(2)
 }
 
 impl MailTransport {
-    pub fn from_settings(settings: &MailTransportSettings) -> Result<Self, String> {
-        match settings {
-            MailTransportSettings::Smtp { url, timeout } => {
-                let transport =
-                    AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret().trim())
-                        .map_err(|e| format!("REKEY_SMTP_URL: {e}"))?
-                        .timeout(Some(*timeout))
-                        .build();
-                Ok(Self::Smtp {
-                    transport,
-                    send_timeout: *timeout * 2,
-                })
-            }
-            MailTransportSettings::File { dir } => {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| format!("REKEY_MAIL_DIR {}: {e}", dir.display()))?;
-                Ok(Self::File(AsyncFileTransport::new(dir)))
-            }
-        }
+    /// An SMTP relay URL: `smtp://` (plain, or STARTTLS with `?tls=required`
+    /// / `?tls=opportunistic`) or `smtps://` (implicit TLS).
+    pub fn smtp(url: &str, command_timeout: Duration) -> Result<Self, TransportError> {
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.trim())
+            .map_err(TransportError::SmtpUrl)?
+            .timeout(Some(command_timeout))
+            .build();
+        Ok(Self::Smtp {
+            transport,
+            send_timeout: smtp_send_bound(command_timeout),
+        })
+    }
+
+    /// `.eml` files in `dir`, created if missing.
+    pub fn file(dir: PathBuf) -> Result<Self, TransportError> {
+        std::fs::create_dir_all(&dir).map_err(|source| TransportError::MailDir {
+            dir: dir.clone(),
+            source,
+        })?;
+        Ok(Self::File(AsyncFileTransport::new(dir)))
     }
 
     /// A short name for logs.
@@ -65,24 +101,11 @@ impl MailTransport {
                 transport,
                 send_timeout,
             } => match tokio::time::timeout(*send_timeout, transport.send(message)).await {
-                Ok(sent) => sent.map(drop).map_err(|e| SendError {
-                    // 53x (authentication) is our relay setup, not the
-                    // recipient: keep the mail and retry once it is fixed.
-                    permanent: e.is_permanent()
-                        && e.status()
-                            .is_none_or(|code| code.category != Category::Unspecified3),
-                    message: e.to_string(),
-                }),
-                Err(_) => Err(SendError {
-                    permanent: false,
-                    message: format!("SMTP send timed out after {send_timeout:?}"),
-                }),
+                Ok(sent) => sent.map(drop).map_err(SendError::Smtp),
+                Err(_) => Err(SendError::TimedOut(*send_timeout)),
             },
             MailTransport::File(file) => {
-                file.send(message).await.map(drop).map_err(|e| SendError {
-                    permanent: false,
-                    message: e.to_string(),
-                })
+                file.send(message).await.map(drop).map_err(SendError::File)
             }
         }
     }

@@ -3,7 +3,10 @@
 //! `queue_depth` callers waiting. A caller beyond that is told to come back
 //! later instead of growing memory or latency without bound.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 use argon2::{
     Algorithm, Argon2, Params, PasswordHash, PasswordHasher as _, PasswordVerifier, Version,
@@ -13,15 +16,17 @@ use rand::{TryRngCore, rngs::OsRng};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 
-use crate::config::HashingSettings;
-
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
     /// Every slot and queue place is taken.
     #[error("password hashing is saturated")]
     Busy,
-    #[error("password hashing failed: {0}")]
-    Failed(String),
+    #[error("drawing a salt from the OS random source")]
+    Salt(#[source] rand::rand_core::OsError),
+    #[error("argon2id failed")]
+    Argon2(#[source] argon2::password_hash::Error),
+    #[error("the hashing thread failed")]
+    Thread(#[source] tokio::task::JoinError),
 }
 
 /// The outcome of checking a password against a stored hash.
@@ -39,28 +44,39 @@ pub struct PasswordHasher {
     argon: Argon2<'static>,
     running: Arc<Semaphore>,
     admitted: Arc<Semaphore>,
+    /// Admission places in all: running plus queued.
+    capacity: usize,
+    /// Hashes computed since start (hashing or verifying).
+    completed: Arc<AtomicU64>,
     /// Checked for unknown accounts so they cost what a real check costs.
     dummy_hash: Arc<str>,
 }
 
 impl PasswordHasher {
-    pub fn new(settings: &HashingSettings) -> Result<Self, HashError> {
-        let params = Params::new(
-            settings.memory_kib,
-            settings.iterations,
-            settings.parallelism,
-            None,
-        )
-        .map_err(|e| HashError::Failed(e.to_string()))?;
+    /// A pool hashing with `params`, `concurrency` hashes at once, and at
+    /// most `queue_depth` callers waiting for a slot.
+    pub fn new(params: Params, concurrency: usize, queue_depth: usize) -> Result<Self, HashError> {
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        let concurrency = settings.concurrency.max(1);
+        let concurrency = concurrency.max(1);
         let dummy_hash = hash_blocking(&argon, "rekey dummy password for unknown accounts")?;
         Ok(Self {
             argon,
             running: Arc::new(Semaphore::new(concurrency)),
-            admitted: Arc::new(Semaphore::new(concurrency + settings.queue_depth)),
+            admitted: Arc::new(Semaphore::new(concurrency + queue_depth)),
+            capacity: concurrency + queue_depth,
+            completed: Arc::new(AtomicU64::new(0)),
             dummy_hash: dummy_hash.into(),
         })
+    }
+
+    /// Hashes computed since start.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+    }
+
+    /// Hashes running or waiting for a slot right now.
+    pub fn in_use(&self) -> usize {
+        self.capacity - self.admitted.available_permits()
     }
 
     /// Hashes a new password into a PHC string.
@@ -84,7 +100,7 @@ impl PasswordHasher {
         self.run(move || {
             let is_real = stored.is_some();
             let stored = stored.as_deref().unwrap_or(&dummy);
-            let parsed = PasswordHash::new(stored).map_err(|e| HashError::Failed(e.to_string()))?;
+            let parsed = PasswordHash::new(stored).map_err(HashError::Argon2)?;
             let matched = argon
                 .verify_password(password.expose_secret().as_bytes(), &parsed)
                 .is_ok()
@@ -117,25 +133,26 @@ impl PasswordHasher {
             .acquire_owned()
             .await
             .map_err(|_| HashError::Busy)?;
+        let completed = self.completed.clone();
         tokio::task::spawn_blocking(move || {
             let _permits = (admitted, running);
-            work()
+            let result = work();
+            completed.fetch_add(1, Ordering::Relaxed);
+            result
         })
         .await
-        .map_err(|e| HashError::Failed(e.to_string()))?
+        .map_err(HashError::Thread)?
     }
 }
 
 fn hash_blocking(argon: &Argon2<'_>, password: &str) -> Result<String, HashError> {
     let mut salt = [0u8; 16];
-    OsRng
-        .try_fill_bytes(&mut salt)
-        .map_err(|e| HashError::Failed(e.to_string()))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| HashError::Failed(e.to_string()))?;
+    OsRng.try_fill_bytes(&mut salt).map_err(HashError::Salt)?;
+    let salt = SaltString::encode_b64(&salt).map_err(HashError::Argon2)?;
     argon
         .hash_password(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())
-        .map_err(|e| HashError::Failed(e.to_string()))
+        .map_err(HashError::Argon2)
 }
 
 fn uses_current_params(argon: &Argon2<'_>, hash: &PasswordHash<'_>) -> bool {
@@ -153,19 +170,13 @@ fn uses_current_params(argon: &Argon2<'_>, hash: &PasswordHash<'_>) -> bool {
 mod tests {
     use super::*;
 
-    fn settings(memory_kib: u32) -> HashingSettings {
-        HashingSettings {
-            memory_kib,
-            iterations: 1,
-            parallelism: 1,
-            concurrency: 1,
-            queue_depth: 1,
-        }
+    fn pool(memory_kib: u32) -> PasswordHasher {
+        PasswordHasher::new(Params::new(memory_kib, 1, 1, None).unwrap(), 1, 1).unwrap()
     }
 
     #[tokio::test]
     async fn hashes_verify_and_are_argon2id() {
-        let hasher = PasswordHasher::new(&settings(1024)).unwrap();
+        let hasher = pool(1024);
         let hash = hasher.hash("correct horse battery").await.unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"));
         let ok = hasher
@@ -185,7 +196,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unknown_account_never_matches() {
-        let hasher = PasswordHasher::new(&settings(1024)).unwrap();
+        let hasher = pool(1024);
         let result = hasher
             .verify(None, "rekey dummy password for unknown accounts")
             .await
@@ -195,9 +206,9 @@ mod tests {
 
     #[tokio::test]
     async fn old_parameters_are_rehashed_after_a_match() {
-        let old = PasswordHasher::new(&settings(1024)).unwrap();
+        let old = pool(1024);
         let hash = old.hash("correct horse battery").await.unwrap();
-        let current = PasswordHasher::new(&settings(2048)).unwrap();
+        let current = pool(2048);
         let result = current
             .verify(Some(hash), "correct horse battery")
             .await
@@ -208,14 +219,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_that_gives_up_keeps_its_slot_until_the_hash_ends() {
-        let hasher = PasswordHasher::new(&HashingSettings {
-            memory_kib: 65_536,
-            iterations: 4,
-            parallelism: 1,
-            concurrency: 1,
-            queue_depth: 0,
-        })
-        .unwrap();
+        let hasher = PasswordHasher::new(Params::new(65_536, 4, 1, None).unwrap(), 1, 0).unwrap();
         let abandoned = tokio::time::timeout(
             std::time::Duration::from_millis(1),
             hasher.hash("first one"),
@@ -230,7 +234,7 @@ mod tests {
         let mut freed = false;
         for _ in 0..100 {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            if hasher.admitted.available_permits() == 1 {
+            if hasher.in_use() == 0 {
                 freed = true;
                 break;
             }
@@ -241,7 +245,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_is_refused() {
-        let hasher = PasswordHasher::new(&settings(1024)).unwrap();
+        let hasher = pool(1024);
         // Take both admission places (one running, one queued) ourselves.
         let _held = hasher.admitted.clone().try_acquire_many_owned(2).unwrap();
         assert!(matches!(

@@ -1,13 +1,16 @@
 //! `Authenticate`: checks an email and password. Unknown accounts are checked
 //! against a dummy hash, so both failures cost the same and look the same.
 
-use super::{ServiceContext, ServiceError, Violations};
+use super::{
+    ServiceContext, ServiceError, Violations,
+    limits::{self, Refused},
+    validated_field_missing,
+};
 use crate::{
     domain::{ClientContext, EmailAddress, FieldError, password::MAX_PASSWORD_CHARS},
     store::{
-        accounts,
-        audit::{self, AuditEvent, AuditKind},
-        now_millis,
+        AuditKind, StoreContext, accounts,
+        audit::{self, AuditEvent},
     },
 };
 
@@ -17,6 +20,8 @@ pub struct AuthenticateInput {
     pub password: String,
     pub client_ip: String,
     pub client_user_agent: String,
+    /// The calling service, for the audit trail.
+    pub caller: Option<String>,
 }
 
 impl std::fmt::Debug for AuthenticateInput {
@@ -55,30 +60,47 @@ pub async fn authenticate(
     }
     violations.finish()?;
     let (Some(email), Some(client)) = (email, client) else {
-        return Err(ServiceError::Internal("validated fields missing".into()));
+        return Err(validated_field_missing());
     };
 
-    let account = accounts::find_by_email(&ctx.db, email.as_str())
-        .await?
-        .filter(|a| a.status == accounts::STATUS_ACTIVE);
+    let ip = client.ip.map(|ip| ip.to_string());
+    let refused = || Refused {
+        email: &email,
+        ip: ip.clone(),
+        caller: input.caller.as_deref(),
+    };
+    // Before any hash: a throttled guesser costs one read, known or not.
+    let failures = ctx.limits.auth_failures(&email);
+    if let Some(meter) = &failures {
+        limits::check(ctx, meter, refused(), ctx.clock.now_millis()).await?;
+    }
+    let account = accounts::find_active_by_email(&ctx.db, email.as_str())
+        .await
+        .context("finding the account by email")?;
     let stored_hash = account.as_ref().map(|a| a.password_hash.clone());
     let verification = ctx.hasher.verify(stored_hash, &input.password).await?;
 
     let account = match account {
         Some(account) if verification.matched => account,
         account => {
+            let now = ctx.clock.now_millis();
+            if let Some(meter) = &failures {
+                limits::count(ctx, meter, now).await?;
+            }
             audit::record(
                 &ctx.db,
                 AuditKind::AuthenticationFailed,
                 AuditEvent {
                     account_id: account.as_ref().map(|a| a.id.as_str()),
                     email_hint: Some(email.masked()),
-                    ip: client.ip.map(|ip| ip.to_string()),
+                    ip,
+                    caller: input.caller.as_deref(),
                     ..Default::default()
                 },
-                now_millis(),
+                now,
             )
-            .await?;
+            .await
+            .context("auditing the failed authentication")?;
             tracing::info!(email = %email.masked(), "authentication failed");
             return Err(ServiceError::InvalidCredentials);
         }
@@ -91,7 +113,8 @@ pub async fn authenticate(
                 tracing::info!(account = %account.id, "password rehashed with current parameters")
             }
             Err(error) => {
-                tracing::warn!(account = %account.id, %error, "could not store the rehashed password")
+                let error = anyhow::Error::new(error).context("storing the rehashed password");
+                tracing::warn!(account = %account.id, error = format!("{error:#}"), "rehash not stored")
             }
         }
     }

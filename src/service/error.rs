@@ -1,6 +1,10 @@
 use std::time::Duration;
 
-use crate::{domain::FieldError, security::hashing::HashError, store};
+use crate::{
+    domain::FieldError,
+    security::{callers::Refusal, hashing::HashError},
+    store::StoreFailure,
+};
 
 /// Why a token cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,7 +16,8 @@ pub enum TokenProblem {
     Revoked,
 }
 
-/// Every way a use case can fail. `grpc` maps each to one status code.
+/// Every way a use case can fail. `grpc` maps each to one status code;
+/// the sources of `Unavailable` and `Internal` are logged there, never sent.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("invalid fields")]
@@ -21,22 +26,32 @@ pub enum ServiceError {
     Token(TokenProblem),
     #[error("invalid credentials")]
     InvalidCredentials,
+    /// The calling service is unknown or lacks the method's scope.
+    #[error("caller refused: {0:?}")]
+    Caller(Refusal),
     #[error("too busy; retry in {retry_after:?}")]
     Busy { retry_after: Duration },
-    /// The database cannot be reached. The text is for logs only.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    /// A bug or an unexpected failure. The text is for logs only.
-    #[error("internal: {0}")]
-    Internal(String),
+    /// Over a rate limit; `limit` names it.
+    #[error("over the rate limit {limit}; retry in {retry_after:?}")]
+    RateLimited {
+        limit: &'static str,
+        description: String,
+        retry_after: Duration,
+    },
+    /// The database cannot be reached.
+    #[error("database unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    /// A bug or an unexpected failure.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
 }
 
-impl From<store::StoreError> for ServiceError {
-    fn from(error: store::StoreError) -> Self {
-        if store::is_unavailable(&error) {
-            ServiceError::Unavailable(error.to_string())
+impl From<StoreFailure> for ServiceError {
+    fn from(failure: StoreFailure) -> Self {
+        if failure.source.is_unavailable() {
+            ServiceError::Unavailable(failure.into())
         } else {
-            ServiceError::Internal(error.to_string())
+            ServiceError::Internal(failure.into())
         }
     }
 }
@@ -47,7 +62,7 @@ impl From<HashError> for ServiceError {
             HashError::Busy => ServiceError::Busy {
                 retry_after: Duration::from_secs(1),
             },
-            HashError::Failed(e) => ServiceError::Internal(e),
+            failed => ServiceError::Internal(failed.into()),
         }
     }
 }

@@ -1,15 +1,19 @@
-//! `RequestReset` and `SignUp`: validate, then queue one outbox row. The
-//! account is resolved later by the mail worker, so a known and an unknown
-//! email cost the same work here and get the same reply.
+//! `RequestReset`: validate, then queue one outbox row. The account is
+//! resolved later by the mail worker, so a known and an unknown email cost
+//! the same work here and get the same reply. `SignUp` shares this path.
 
-use sea_orm::TransactionTrait;
+use sea_orm::{ActiveEnum, TransactionTrait};
 
-use super::{ServiceContext, ServiceError, Violations};
+use super::{
+    ServiceContext, ServiceError, Violations,
+    limits::{self, Refused},
+    validated_field_missing,
+};
 use crate::{
-    domain::{ClientContext, DisplayName, EmailAddress, Locale, ResetUrl},
+    domain::{ClientContext, DisplayName, EmailAddress, Locale, Purpose, ResetUrl},
     store::{
-        audit::{self, AuditEvent, AuditKind},
-        now_millis,
+        AuditKind, StoreContext,
+        audit::{self, AuditEvent},
         outbox::{self, MailIntent},
     },
 };
@@ -23,18 +27,24 @@ pub struct LinkRequestInput {
     pub reset_url: String,
     pub client_ip: String,
     pub client_user_agent: String,
+    /// The calling service, for the audit trail.
+    pub caller: Option<String>,
 }
 
 /// A link request whose fields all parsed.
-struct LinkRequest {
-    email: EmailAddress,
-    display_name: DisplayName,
-    locale: Locale,
-    page: ResetUrl,
-    ip: Option<String>,
+pub(super) struct LinkRequest {
+    pub email: EmailAddress,
+    pub display_name: DisplayName,
+    pub locale: Locale,
+    pub page: ResetUrl,
+    pub ip: Option<String>,
+    pub caller: Option<String>,
 }
 
-fn parse(ctx: &ServiceContext, input: &LinkRequestInput) -> Result<LinkRequest, ServiceError> {
+pub(super) fn parse(
+    ctx: &ServiceContext,
+    input: &LinkRequestInput,
+) -> Result<LinkRequest, ServiceError> {
     let mut violations = Violations::default();
     let email = violations.check(EmailAddress::parse("email", &input.email));
     let display_name = violations.check(DisplayName::parse("display_name", &input.display_name));
@@ -53,9 +63,10 @@ fn parse(ctx: &ServiceContext, input: &LinkRequestInput) -> Result<LinkRequest, 
                 locale,
                 page,
                 ip: client.ip.map(|ip| ip.to_string()),
+                caller: input.caller.clone(),
             })
         }
-        _ => Err(ServiceError::Internal("validated fields missing".into())),
+        _ => Err(validated_field_missing()),
     }
 }
 
@@ -68,44 +79,51 @@ pub async fn request_reset(
         locale: request.locale.as_str().to_owned(),
         reset_url: request.page.as_template(),
     };
-    queue(ctx, &request, &intent, AuditKind::ResetRequested).await
-}
-
-pub async fn sign_up(ctx: &ServiceContext, input: LinkRequestInput) -> Result<(), ServiceError> {
-    let request = parse(ctx, &input)?;
-    let intent = MailIntent::SignUp {
-        display_name: request.display_name.as_str().to_owned(),
-        locale: request.locale.as_str().to_owned(),
-        reset_url: request.page.as_template(),
-    };
-    queue(ctx, &request, &intent, AuditKind::SignUpRequested).await
+    queue(ctx, &request, &intent, Purpose::Reset).await
 }
 
 /// Writes the outbox row and its audit event in one transaction, then
 /// wakes the mail worker.
-async fn queue(
+pub(super) async fn queue(
     ctx: &ServiceContext,
     request: &LinkRequest,
     intent: &MailIntent,
-    kind: AuditKind,
+    purpose: Purpose,
 ) -> Result<(), ServiceError> {
+    let kind = match purpose {
+        Purpose::Reset => AuditKind::ResetRequested,
+        Purpose::SignUp => AuditKind::SignUpRequested,
+    };
     let email = &request.email;
-    let now = now_millis();
-    let tx = ctx.db.begin().await?;
-    outbox::enqueue(&tx, email.as_str(), intent, now).await?;
+    let now = ctx.clock.now_millis();
+    let tx = ctx.db.begin().await.context("starting a transaction")?;
+    let meters = ctx
+        .limits
+        .link_request(email, purpose, request.ip.as_deref());
+    let refused = Refused {
+        email,
+        ip: request.ip.clone(),
+        caller: request.caller.as_deref(),
+    };
+    let tx = limits::charge(ctx, tx, &meters, refused, now).await?;
+    outbox::enqueue(&tx, email.as_str(), intent, now)
+        .await
+        .context("queueing the mail job")?;
     audit::record(
         &tx,
         kind,
         AuditEvent {
             email_hint: Some(email.masked()),
             ip: request.ip.clone(),
+            caller: request.caller.as_deref(),
             ..Default::default()
         },
         now,
     )
-    .await?;
-    tx.commit().await?;
+    .await
+    .context("auditing the request")?;
+    tx.commit().await.context("committing the mail job")?;
     ctx.mail_wake.notify_one();
-    tracing::info!(email = %email.masked(), kind = kind.as_str(), "mail queued");
+    tracing::info!(email = %email.masked(), kind = %kind.to_value(), "mail queued");
     Ok(())
 }

@@ -4,15 +4,14 @@
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 
 use super::{
-    ServiceContext, ServiceError, TokenProblem, Violations,
+    ServiceContext, ServiceError, TokenProblem, Violations, validated_field_missing,
     verify_token::{problem, usable_request},
 };
 use crate::{
-    domain::{FieldError, Password, Purpose, mask},
+    domain::{FieldError, Password, Purpose, RequestState, mask},
     store::{
-        self, accounts,
-        audit::{self, AuditEvent, AuditKind},
-        now_millis,
+        AuditKind, StoreContext, StoreFailure, accounts,
+        audit::{self, AuditEvent},
         outbox::{self, MailIntent},
         requests::{self, Request},
     },
@@ -22,6 +21,8 @@ use crate::{
 pub struct ResetPasswordInput {
     pub token: String,
     pub new_password: String,
+    /// The calling service, for the audit trail.
+    pub caller: Option<String>,
 }
 
 impl std::fmt::Debug for ResetPasswordInput {
@@ -45,49 +46,70 @@ pub async fn reset_password(
         &ctx.password_policy,
     ));
     violations.finish()?;
-    let Some(password) = password else {
-        return Err(ServiceError::Internal("validated fields missing".into()));
-    };
+    let password = password.ok_or_else(validated_field_missing)?;
 
     // Cheap rejection before the expensive hash; the consume below decides.
-    let request = usable_request(ctx, &input.token, now_millis()).await?;
-    let purpose = Purpose::from_stored(&request.purpose)
-        .ok_or_else(|| ServiceError::Internal(format!("unknown purpose {}", request.purpose)))?;
+    let request = usable_request(ctx, &input.token, ctx.clock.now_millis()).await?;
     let password_hash = ctx.hasher.hash(password.expose()).await?;
 
-    let now = now_millis();
-    let tx = ctx.db.begin().await?;
+    let now = ctx.clock.now_millis();
+    let tx = ctx.db.begin().await.context("starting a transaction")?;
     // The first statement writes, so SQLite takes its write lock up front.
-    if !requests::consume(&tx, &request.id, now).await? {
-        tx.rollback().await?;
-        let current = requests::find(&ctx.db, &request.id).await?;
-        let state = current.map_or(requests::RequestState::Used, |r| requests::state(&r, now));
+    let consumed = requests::consume(&tx, &request.id, now)
+        .await
+        .context("consuming the request")?;
+    if !consumed {
+        tx.rollback().await.context("rolling back")?;
+        let current = requests::find(&ctx.db, &request.id)
+            .await
+            .context("finding why the request was not consumed")?;
+        let state = current.map_or(RequestState::Used, |r| r.state(now));
         return Err(ServiceError::Token(problem(state)));
     }
-    let account_id = match purpose {
-        Purpose::Reset => complete_reset(&tx, &request, &password_hash, now).await?,
-        Purpose::SignUp => complete_sign_up(&tx, &request, &password_hash, now).await?,
+    let done = Completion {
+        request: &request,
+        password_hash: &password_hash,
+        caller: input.caller.as_deref(),
+        now,
     };
-    tx.commit().await?;
+    let account_id = match request.purpose {
+        Purpose::Reset => complete_reset(&tx, done).await?,
+        Purpose::SignUp => complete_sign_up(&tx, done).await?,
+    };
+    tx.commit().await.context("committing the new password")?;
     ctx.mail_wake.notify_one();
-    tracing::info!(account = %account_id, purpose = purpose.as_str(), "password set");
+    tracing::info!(account = %account_id, purpose = ?request.purpose, "password set");
     Ok(account_id)
+}
+
+/// A consumed request and what completing it needs.
+#[derive(Clone, Copy)]
+struct Completion<'a> {
+    request: &'a Request,
+    password_hash: &'a str,
+    caller: Option<&'a str>,
+    now: i64,
 }
 
 async fn complete_reset(
     tx: &DatabaseTransaction,
-    request: &Request,
-    password_hash: &str,
-    now: i64,
+    done: Completion<'_>,
 ) -> Result<String, ServiceError> {
-    let account = accounts::find_by_email(tx, &request.email)
-        .await?
-        .filter(|a| {
-            a.status == accounts::STATUS_ACTIVE && Some(&a.id) == request.account_id.as_ref()
-        })
+    let Completion {
+        request,
+        password_hash,
+        caller,
+        now,
+    } = done;
+    let account = accounts::find_active_by_email(tx, &request.email)
+        .await
+        .context("finding the account to reset")?
+        .filter(|a| Some(&a.id) == request.account_id.as_ref())
         .ok_or(ServiceError::Token(TokenProblem::Revoked))?;
-    accounts::set_password(tx, &account.id, password_hash, now).await?;
-    requests::revoke_open(tx, &request.email, None, "password reset", now).await?;
+    accounts::set_password(tx, &account.id, password_hash, now)
+        .await
+        .context("setting the password")?;
+    revoke_other_requests(tx, done, "password reset").await?;
     outbox::enqueue(
         tx,
         &account.email,
@@ -98,7 +120,8 @@ async fn complete_reset(
         },
         now,
     )
-    .await?;
+    .await
+    .context("queueing the password-changed notice")?;
     audit::record(
         tx,
         AuditKind::PasswordReset,
@@ -106,21 +129,27 @@ async fn complete_reset(
             account_id: Some(&account.id),
             request_id: Some(&request.id),
             email_hint: Some(mask(&account.email)),
+            caller,
             ..Default::default()
         },
         now,
     )
-    .await?;
+    .await
+    .context("auditing the reset")?;
     Ok(account.id)
 }
 
 async fn complete_sign_up(
     tx: &DatabaseTransaction,
-    request: &Request,
-    password_hash: &str,
-    now: i64,
+    done: Completion<'_>,
 ) -> Result<String, ServiceError> {
-    let account_id = accounts::insert(
+    let Completion {
+        request,
+        password_hash,
+        caller,
+        now,
+    } = done;
+    let inserted = accounts::insert(
         tx,
         accounts::NewAccount {
             email: &request.email,
@@ -130,16 +159,19 @@ async fn complete_sign_up(
             now,
         },
     )
-    .await
-    .map_err(|e| {
+    .await;
+    let account_id = match inserted {
+        Ok(account_id) => account_id,
         // Registered meanwhile by another sign-up: this link is superseded.
-        if store::is_unique_violation(&e) {
-            ServiceError::Token(TokenProblem::Revoked)
-        } else {
-            e.into()
+        Err(error) if error.is_unique_violation() => {
+            return Err(ServiceError::Token(TokenProblem::Revoked));
         }
-    })?;
-    requests::revoke_open(tx, &request.email, None, "signed up", now).await?;
+        Err(source) => {
+            let doing = "creating the account";
+            return Err(StoreFailure { doing, source }.into());
+        }
+    };
+    revoke_other_requests(tx, done, "signed up").await?;
     audit::record(
         tx,
         AuditKind::SignedUp,
@@ -147,10 +179,29 @@ async fn complete_sign_up(
             account_id: Some(&account_id),
             request_id: Some(&request.id),
             email_hint: Some(mask(&request.email)),
+            caller,
             ..Default::default()
         },
         now,
     )
-    .await?;
+    .await
+    .context("auditing the sign-up")?;
     Ok(account_id)
+}
+
+/// Revokes every other open request of the email, and audits it if any.
+async fn revoke_other_requests(
+    tx: &DatabaseTransaction,
+    done: Completion<'_>,
+    reason: &str,
+) -> Result<(), ServiceError> {
+    let email = &done.request.email;
+    let revoked = requests::revoke_open(tx, email, None, done.now)
+        .await
+        .context("revoking the other open requests")?;
+    let hint = mask(email);
+    audit::record_revocations(tx, revoked, &hint, reason, done.caller, done.now)
+        .await
+        .context("auditing the revocations")?;
+    Ok(())
 }

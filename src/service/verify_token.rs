@@ -4,11 +4,11 @@
 
 use super::{ServiceContext, ServiceError, TokenProblem};
 use crate::{
-    domain::{FieldError, Purpose, Token, mask},
+    domain::{FieldError, Purpose, RequestState, Token, mask},
     store::{
-        audit::{self, AuditEvent, AuditKind},
-        now_millis,
-        requests::{self, Request, RequestState},
+        AuditKind, StoreContext,
+        audit::{self, AuditEvent},
+        requests::{self, Request},
     },
 };
 
@@ -24,11 +24,10 @@ pub struct TokenInfo {
 pub async fn verify_token(
     ctx: &ServiceContext,
     raw_token: &str,
+    caller: Option<&str>,
 ) -> Result<TokenInfo, ServiceError> {
-    let now = now_millis();
+    let now = ctx.clock.now_millis();
     let request = usable_request(ctx, raw_token, now).await?;
-    let purpose = Purpose::from_stored(&request.purpose)
-        .ok_or_else(|| ServiceError::Internal(format!("unknown purpose {}", request.purpose)))?;
     let email_hint = mask(&request.email);
     audit::record(
         &ctx.db,
@@ -37,13 +36,15 @@ pub async fn verify_token(
             account_id: request.account_id.as_deref(),
             request_id: Some(&request.id),
             email_hint: Some(email_hint.clone()),
+            caller,
             ..Default::default()
         },
         now,
     )
-    .await?;
+    .await
+    .context("auditing the verification")?;
     Ok(TokenInfo {
-        purpose,
+        purpose: request.purpose,
         expires_at: request.expires_at,
         email_hint,
     })
@@ -63,9 +64,10 @@ pub(super) async fn usable_request(
     }
     let token = Token::parse(raw_token).ok_or(ServiceError::Token(TokenProblem::Invalid))?;
     let request = requests::find_by_token_digest(&ctx.db, token.digest().as_str())
-        .await?
+        .await
+        .context("finding the token's request")?
         .ok_or(ServiceError::Token(TokenProblem::Invalid))?;
-    match requests::state(&request, now) {
+    match request.state(now) {
         RequestState::Open => Ok(request),
         closed => Err(ServiceError::Token(problem(closed))),
     }

@@ -1,11 +1,10 @@
 //! Account rows.
 
-use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
 pub use super::entities::account::Model as Account;
 use super::entities::account::{ActiveModel, Column, Entity};
-
-pub const STATUS_ACTIVE: &str = "active";
+use super::{AccountStatus, StoreError};
 
 /// A new account to insert.
 pub struct NewAccount<'a> {
@@ -16,22 +15,30 @@ pub struct NewAccount<'a> {
     pub now: i64,
 }
 
-pub async fn find_by_email(
+/// The account of an email, if there is one and it may sign in.
+pub async fn find_active_by_email(
     db: &impl ConnectionTrait,
     email: &str,
-) -> Result<Option<Account>, DbErr> {
-    Entity::find().filter(Column::Email.eq(email)).one(db).await
+) -> Result<Option<Account>, StoreError> {
+    Ok(Entity::find()
+        .filter(Column::Email.eq(email))
+        .filter(Column::Status.eq(AccountStatus::Active))
+        .one(db)
+        .await?)
 }
 
 /// Inserts an active account and returns its id.
-pub async fn insert(db: &impl ConnectionTrait, account: NewAccount<'_>) -> Result<String, DbErr> {
+pub async fn insert(
+    db: &impl ConnectionTrait,
+    account: NewAccount<'_>,
+) -> Result<String, StoreError> {
     let id = uuid::Uuid::new_v4().to_string();
     Entity::insert(ActiveModel {
         id: Set(id.clone()),
         email: Set(account.email.to_owned()),
         display_name: Set(account.display_name.to_owned()),
         password_hash: Set(account.password_hash.to_owned()),
-        status: Set(STATUS_ACTIVE.to_owned()),
+        status: Set(AccountStatus::Active),
         locale: Set(account.locale.to_owned()),
         created_at: Set(account.now),
         password_changed_at: Set(account.now),
@@ -47,7 +54,7 @@ pub async fn set_password(
     account_id: &str,
     password_hash: &str,
     now: i64,
-) -> Result<(), DbErr> {
+) -> Result<(), StoreError> {
     Entity::update_many()
         .col_expr(Column::PasswordHash, password_hash.into())
         .col_expr(Column::PasswordChangedAt, now.into())
@@ -64,7 +71,7 @@ pub async fn replace_hash(
     account_id: &str,
     old_hash: &str,
     new_hash: &str,
-) -> Result<(), DbErr> {
+) -> Result<(), StoreError> {
     Entity::update_many()
         .col_expr(Column::PasswordHash, new_hash.into())
         .filter(Column::Id.eq(account_id))

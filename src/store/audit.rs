@@ -1,36 +1,8 @@
 //! Audit events: who did what, when, without secrets.
 
-use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait};
+use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, ConnectionTrait, EntityTrait};
 
-use super::entities::audit_event;
-
-/// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuditKind {
-    ResetRequested,
-    SignUpRequested,
-    Mailed,
-    Verified,
-    PasswordReset,
-    SignedUp,
-    Revoked,
-    AuthenticationFailed,
-}
-
-impl AuditKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuditKind::ResetRequested => "reset_requested",
-            AuditKind::SignUpRequested => "sign_up_requested",
-            AuditKind::Mailed => "mailed",
-            AuditKind::Verified => "verified",
-            AuditKind::PasswordReset => "password_reset",
-            AuditKind::SignedUp => "signed_up",
-            AuditKind::Revoked => "revoked",
-            AuditKind::AuthenticationFailed => "authentication_failed",
-        }
-    }
-}
+use super::{AuditKind, StoreError, entities::audit_event};
 
 /// One event. `email_hint` must be masked; `detail` must hold no secret.
 #[derive(Debug, Default)]
@@ -40,6 +12,7 @@ pub struct AuditEvent<'a> {
     pub email_hint: Option<String>,
     pub ip: Option<String>,
     pub detail: Option<&'a str>,
+    pub caller: Option<&'a str>,
 }
 
 pub async fn record(
@@ -47,18 +20,41 @@ pub async fn record(
     kind: AuditKind,
     event: AuditEvent<'_>,
     now: i64,
-) -> Result<(), DbErr> {
+) -> Result<(), StoreError> {
     audit_event::Entity::insert(audit_event::ActiveModel {
         id: NotSet,
         at: Set(now),
-        kind: Set(kind.as_str().to_owned()),
+        kind: Set(kind),
         account_id: Set(event.account_id.map(str::to_owned)),
         request_id: Set(event.request_id.map(str::to_owned)),
         email_hint: Set(event.email_hint),
         ip: Set(event.ip),
         detail: Set(event.detail.map(str::to_owned)),
+        caller: Set(event.caller.map(str::to_owned)),
     })
     .exec_without_returning(db)
     .await?;
     Ok(())
+}
+
+/// Records that `count` open requests of an address were revoked, and why;
+/// nothing when there were none.
+pub async fn record_revocations(
+    db: &impl ConnectionTrait,
+    count: u64,
+    email_hint: &str,
+    reason: &str,
+    caller: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    if count == 0 {
+        return Ok(());
+    }
+    let event = AuditEvent {
+        email_hint: Some(email_hint.to_owned()),
+        detail: Some(reason),
+        caller,
+        ..Default::default()
+    };
+    record(db, AuditKind::Revoked, event, now).await
 }

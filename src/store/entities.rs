@@ -1,7 +1,75 @@
 //! Table mappings. The schema itself is defined by the migrations crate.
+//! Status, purpose and kind columns are typed enums stored as short strings.
+
+use sea_orm::entity::prelude::*;
+
+/// Whether an account may sign in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+pub enum AccountStatus {
+    #[sea_orm(string_value = "active")]
+    Active,
+}
+
+/// Where a mail job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+pub enum MailStatus {
+    /// Waiting for its first or next attempt.
+    #[sea_orm(string_value = "pending")]
+    Pending,
+    /// Accepted by the relay (or written to a file).
+    #[sea_orm(string_value = "sent")]
+    Sent,
+    /// Finished without mail, e.g. a reset for an unknown address.
+    #[sea_orm(string_value = "skipped")]
+    Skipped,
+    /// Failed permanently or too often; waits for an operator.
+    #[sea_orm(string_value = "dead")]
+    Dead,
+}
+
+/// What a mail job was queued for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(32))")]
+pub enum MailKind {
+    #[sea_orm(string_value = "reset")]
+    Reset,
+    #[sea_orm(string_value = "sign_up")]
+    SignUp,
+    #[sea_orm(string_value = "password_changed")]
+    PasswordChanged,
+}
+
+/// What an audit event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(32))")]
+pub enum AuditKind {
+    #[sea_orm(string_value = "reset_requested")]
+    ResetRequested,
+    #[sea_orm(string_value = "sign_up_requested")]
+    SignUpRequested,
+    #[sea_orm(string_value = "mailed")]
+    Mailed,
+    #[sea_orm(string_value = "verified")]
+    Verified,
+    #[sea_orm(string_value = "password_reset")]
+    PasswordReset,
+    #[sea_orm(string_value = "signed_up")]
+    SignedUp,
+    #[sea_orm(string_value = "revoked")]
+    Revoked,
+    #[sea_orm(string_value = "authentication_failed")]
+    AuthenticationFailed,
+    /// A call refused by a rate limit; `detail` names the limit.
+    #[sea_orm(string_value = "rate_limited")]
+    RateLimited,
+}
 
 pub mod account {
     use sea_orm::entity::prelude::*;
+
+    use super::AccountStatus;
 
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "accounts")]
@@ -11,7 +79,7 @@ pub mod account {
         pub email: String,
         pub display_name: String,
         pub password_hash: String,
-        pub status: String,
+        pub status: AccountStatus,
         pub locale: String,
         pub created_at: i64,
         pub password_changed_at: i64,
@@ -26,12 +94,14 @@ pub mod account {
 pub mod request {
     use sea_orm::entity::prelude::*;
 
+    use crate::domain::{Purpose, RequestState};
+
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "requests")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: String,
-        pub purpose: String,
+        pub purpose: Purpose,
         pub email: String,
         pub account_id: Option<String>,
         pub display_name: String,
@@ -40,6 +110,12 @@ pub mod request {
         pub expires_at: i64,
         pub consumed_at: Option<i64>,
         pub revoked_at: Option<i64>,
+    }
+
+    impl Model {
+        pub fn state(&self, now: i64) -> RequestState {
+            RequestState::at(self.consumed_at, self.revoked_at, self.expires_at, now)
+        }
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -69,16 +145,18 @@ pub mod request_token {
 pub mod mail_outbox {
     use sea_orm::entity::prelude::*;
 
+    use super::{MailKind, MailStatus};
+
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "mail_outbox")]
     pub struct Model {
         #[sea_orm(primary_key)]
         pub id: i64,
-        pub kind: String,
+        pub kind: MailKind,
         pub recipient: String,
         pub payload: String,
         pub request_id: Option<String>,
-        pub status: String,
+        pub status: MailStatus,
         pub attempts: i32,
         pub next_attempt_at: i64,
         pub locked_until: Option<i64>,
@@ -96,18 +174,22 @@ pub mod mail_outbox {
 pub mod audit_event {
     use sea_orm::entity::prelude::*;
 
+    use super::AuditKind;
+
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "audit_events")]
     pub struct Model {
         #[sea_orm(primary_key)]
         pub id: i64,
         pub at: i64,
-        pub kind: String,
+        pub kind: AuditKind,
         pub account_id: Option<String>,
         pub request_id: Option<String>,
         pub email_hint: Option<String>,
         pub ip: Option<String>,
         pub detail: Option<String>,
+        /// The calling service: API key name or client certificate CN.
+        pub caller: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

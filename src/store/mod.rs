@@ -6,11 +6,10 @@ pub mod accounts;
 pub mod audit;
 pub mod entities;
 pub mod outbox;
+pub mod rate_limits;
 pub mod requests;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use std::collections::HashSet;
+use std::{collections::HashSet, path::PathBuf, time::Duration};
 
 use rekey_migrations::{Migrator, MigratorTrait};
 use sea_orm::{
@@ -19,29 +18,91 @@ use sea_orm::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
-pub use sea_orm::DbErr as StoreError;
+pub use entities::{AccountStatus, AuditKind, MailKind, MailStatus};
 
-/// Milliseconds since the Unix epoch.
-pub fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Database(#[from] DbErr),
+    #[error("a mail job's payload does not (de)serialize")]
+    Payload(#[from] serde_json::Error),
+    #[error("cannot create the database directory {}", dir.display())]
+    Directory {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-pub fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+/// A store call that failed, with what it was doing ("claiming due mail").
+#[derive(Debug, thiserror::Error)]
+#[error("{doing}")]
+pub struct StoreFailure {
+    pub doing: &'static str,
+    #[source]
+    pub source: StoreError,
+}
+
+/// Adds what a store call was doing to its error, as `anyhow::Context` does.
+pub trait StoreContext<T> {
+    fn context(self, doing: &'static str) -> Result<T, StoreFailure>;
+}
+
+impl<T, E: Into<StoreError>> StoreContext<T> for Result<T, E> {
+    fn context(self, doing: &'static str) -> Result<T, StoreFailure> {
+        self.map_err(|error| StoreFailure {
+            doing,
+            source: error.into(),
+        })
+    }
+}
+
+impl StoreError {
+    /// True for errors that mean "the database is not reachable right now":
+    /// no connection, a connection lost mid-query, a server shutting down
+    /// (SQLSTATE 08xxx, 57Pxx) or a SQLite file locked past the busy timeout.
+    pub fn is_unavailable(&self) -> bool {
+        use sea_orm::{RuntimeErr, sqlx};
+        let StoreError::Database(error) = self else {
+            return false;
+        };
+        match error {
+            DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
+            DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+                match e.as_ref() {
+                    sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed => true,
+                    sqlx::Error::Database(db_error) => {
+                        let code = db_error.code().unwrap_or_default();
+                        code.starts_with("08")
+                            || code.starts_with("57P")
+                            || db_error.message().contains("database is locked")
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// True when an insert hit a unique constraint.
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(error)
+                if matches!(error.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+        )
+    }
 }
 
 /// Connects to SQLite (creating its directory, WAL mode) or PostgreSQL.
-pub async fn connect(url: &SecretString) -> Result<DatabaseConnection, DbErr> {
+pub async fn connect(url: &SecretString) -> Result<DatabaseConnection, StoreError> {
     let url = url.expose_secret();
     if let Some(dir) = sqlite_file_dir(url) {
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            DbErr::Custom(format!(
-                "cannot create database directory {}: {e}",
-                dir.display()
-            ))
-        })?;
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Directory { dir, source })?;
     }
     let mut options = ConnectOptions::new(url.to_owned());
     options
@@ -59,15 +120,15 @@ pub async fn connect(url: &SecretString) -> Result<DatabaseConnection, DbErr> {
 
 /// Applies pending migrations. On PostgreSQL a transaction-scoped advisory
 /// lock serializes replicas that start together on an empty database.
-pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), StoreError> {
     if db.get_database_backend() != DbBackend::Postgres {
-        return Migrator::up(db, None).await;
+        return Ok(Migrator::up(db, None).await?);
     }
     let tx = db.begin().await?;
     tx.execute_unprepared("SELECT pg_advisory_xact_lock(491327808889)")
         .await?;
     Migrator::up(&tx, None).await?;
-    tx.commit().await
+    Ok(tx.commit().await?)
 }
 
 /// True when the database answers and every migration this binary knows is
@@ -102,40 +163,6 @@ fn sqlite_file_dir(url: &str) -> Option<std::path::PathBuf> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map(|p| p.to_path_buf())
-}
-
-/// True for errors that mean "the database is not reachable right now":
-/// no connection, a connection lost mid-query, a server shutting down
-/// (SQLSTATE 08xxx, 57Pxx) or a SQLite file locked past the busy timeout.
-pub fn is_unavailable(error: &DbErr) -> bool {
-    use sea_orm::{RuntimeErr, sqlx};
-    match error {
-        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-            match e.as_ref() {
-                sqlx::Error::Io(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed => true,
-                sqlx::Error::Database(db_error) => {
-                    let code = db_error.code().unwrap_or_default();
-                    code.starts_with("08")
-                        || code.starts_with("57P")
-                        || db_error.message().contains("database is locked")
-                }
-                _ => false,
-            }
-        }
-        _ => false,
-    }
-}
-
-/// True when an insert hit a unique constraint.
-pub fn is_unique_violation(error: &DbErr) -> bool {
-    matches!(
-        error.sql_err(),
-        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-    )
 }
 
 #[cfg(test)]

@@ -6,20 +6,16 @@
 use sea_orm::{
     ActiveValue::NotSet,
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, UpdateMany,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType, Order, Query},
 };
 use serde::{Deserialize, Serialize};
 
-use super::entities::mail_outbox::{self, Column, Entity};
+use super::{
+    MailKind, MailStatus, StoreError,
+    entities::mail_outbox::{self, Column, Entity},
+};
 pub use mail_outbox::Model as MailJob;
-
-pub const STATUS_PENDING: &str = "pending";
-pub const STATUS_SENT: &str = "sent";
-/// Finished without mail, e.g. a reset for an unknown address.
-pub const STATUS_SKIPPED: &str = "skipped";
-/// Failed permanently or too often; waits for an operator.
-pub const STATUS_DEAD: &str = "dead";
 
 /// What a job asks the worker to mail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,11 +38,11 @@ pub enum MailIntent {
 }
 
 impl MailIntent {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> MailKind {
         match self {
-            MailIntent::Reset { .. } => "reset",
-            MailIntent::SignUp { .. } => "sign_up",
-            MailIntent::PasswordChanged { .. } => "password_changed",
+            MailIntent::Reset { .. } => MailKind::Reset,
+            MailIntent::SignUp { .. } => MailKind::SignUp,
+            MailIntent::PasswordChanged { .. } => MailKind::PasswordChanged,
         }
     }
 }
@@ -57,15 +53,15 @@ pub async fn enqueue(
     recipient: &str,
     intent: &MailIntent,
     now: i64,
-) -> Result<i64, DbErr> {
-    let payload = serde_json::to_string(intent).map_err(|e| DbErr::Json(e.to_string()))?;
+) -> Result<i64, StoreError> {
+    let payload = serde_json::to_string(intent)?;
     let result = Entity::insert(mail_outbox::ActiveModel {
         id: NotSet,
-        kind: Set(intent.kind().to_owned()),
+        kind: Set(intent.kind()),
         recipient: Set(recipient.to_owned()),
         payload: Set(payload),
         request_id: Set(None),
-        status: Set(STATUS_PENDING.to_owned()),
+        status: Set(MailStatus::Pending),
         attempts: Set(0),
         next_attempt_at: Set(now),
         locked_until: Set(None),
@@ -78,8 +74,8 @@ pub async fn enqueue(
     Ok(result.last_insert_id)
 }
 
-pub fn intent(job: &MailJob) -> Result<MailIntent, DbErr> {
-    serde_json::from_str(&job.payload).map_err(|e| DbErr::Json(e.to_string()))
+pub fn intent(job: &MailJob) -> Result<MailIntent, StoreError> {
+    Ok(serde_json::from_str(&job.payload)?)
 }
 
 /// Claims up to `batch` due jobs until `lease_until`, counting an attempt on
@@ -91,11 +87,11 @@ pub async fn claim_due(
     now: i64,
     lease_until: i64,
     batch: u64,
-) -> Result<Vec<MailJob>, DbErr> {
+) -> Result<Vec<MailJob>, StoreError> {
     let due = Query::select()
         .column(Column::Id)
         .from(Entity)
-        .and_where(Column::Status.eq(STATUS_PENDING))
+        .and_where(Column::Status.eq(MailStatus::Pending))
         .and_where(Column::NextAttemptAt.lte(now))
         .and_where(
             Expr::col(Column::LockedUntil)
@@ -106,12 +102,12 @@ pub async fn claim_due(
         .limit(batch)
         .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
         .to_owned();
-    Entity::update_many()
+    Ok(Entity::update_many()
         .col_expr(Column::LockedUntil, Expr::value(lease_until))
         .col_expr(Column::Attempts, Expr::col(Column::Attempts).add(1))
         .filter(Column::Id.in_subquery(due))
         .exec_with_returning(db)
-        .await
+        .await?)
 }
 
 /// Links a job to the request it opened, so a retry reuses that request.
@@ -119,7 +115,7 @@ pub async fn set_request(
     db: &impl ConnectionTrait,
     job_id: i64,
     request_id: &str,
-) -> Result<(), DbErr> {
+) -> Result<(), StoreError> {
     Entity::update_many()
         .col_expr(Column::RequestId, Expr::value(request_id))
         .filter(Column::Id.eq(job_id))
@@ -128,47 +124,62 @@ pub async fn set_request(
     Ok(())
 }
 
-/// Ends a job: `STATUS_SENT` or `STATUS_SKIPPED`.
+/// Ends a job: [`MailStatus::Sent`] or [`MailStatus::Skipped`].
 pub async fn finish(
     db: &impl ConnectionTrait,
     job_id: i64,
-    status: &str,
+    status: MailStatus,
     now: i64,
-) -> Result<(), DbErr> {
-    Entity::update_many()
+) -> Result<(), StoreError> {
+    let outcome = Entity::update_many()
         .col_expr(Column::Status, Expr::value(status))
         .col_expr(Column::SentAt, Expr::value(now))
-        .col_expr(Column::LockedUntil, Expr::value(Option::<i64>::None))
-        .col_expr(Column::LastError, Expr::value(Option::<String>::None))
-        .filter(Column::Id.eq(job_id))
-        .exec(db)
-        .await?;
-    Ok(())
+        .col_expr(Column::LastError, Expr::value(Option::<String>::None));
+    release(db, job_id, outcome).await
 }
 
-/// Releases the lease and schedules another attempt.
+/// Schedules another attempt.
 pub async fn retry_later(
     db: &impl ConnectionTrait,
     job_id: i64,
     next_attempt_at: i64,
     error: &str,
-) -> Result<(), DbErr> {
-    Entity::update_many()
+) -> Result<(), StoreError> {
+    let outcome = Entity::update_many()
         .col_expr(Column::NextAttemptAt, Expr::value(next_attempt_at))
-        .col_expr(Column::LockedUntil, Expr::value(Option::<i64>::None))
-        .col_expr(Column::LastError, Expr::value(error))
-        .filter(Column::Id.eq(job_id))
-        .exec(db)
-        .await?;
-    Ok(())
+        .col_expr(Column::LastError, Expr::value(error));
+    release(db, job_id, outcome).await
+}
+
+/// Puts a claimed job back untried until `next_attempt_at`: the claim's
+/// attempt does not count.
+pub async fn postpone(
+    db: &impl ConnectionTrait,
+    job_id: i64,
+    next_attempt_at: i64,
+) -> Result<(), StoreError> {
+    let outcome = Entity::update_many()
+        .col_expr(Column::NextAttemptAt, Expr::value(next_attempt_at))
+        .col_expr(Column::Attempts, Expr::col(Column::Attempts).sub(1));
+    release(db, job_id, outcome).await
 }
 
 /// Gives up on a job; it stays visible as a dead letter.
-pub async fn bury(db: &impl ConnectionTrait, job_id: i64, error: &str) -> Result<(), DbErr> {
-    Entity::update_many()
-        .col_expr(Column::Status, Expr::value(STATUS_DEAD))
+pub async fn bury(db: &impl ConnectionTrait, job_id: i64, error: &str) -> Result<(), StoreError> {
+    let outcome = Entity::update_many()
+        .col_expr(Column::Status, Expr::value(MailStatus::Dead))
+        .col_expr(Column::LastError, Expr::value(error));
+    release(db, job_id, outcome).await
+}
+
+/// Writes an attempt's outcome and releases the job's lease.
+async fn release(
+    db: &impl ConnectionTrait,
+    job_id: i64,
+    outcome: UpdateMany<Entity>,
+) -> Result<(), StoreError> {
+    outcome
         .col_expr(Column::LockedUntil, Expr::value(Option::<i64>::None))
-        .col_expr(Column::LastError, Expr::value(error))
         .filter(Column::Id.eq(job_id))
         .exec(db)
         .await?;
@@ -176,9 +187,9 @@ pub async fn bury(db: &impl ConnectionTrait, job_id: i64, error: &str) -> Result
 }
 
 /// Earliest time a pending job falls due, to sleep until then.
-pub async fn next_due(db: &impl ConnectionTrait) -> Result<Option<i64>, DbErr> {
+pub async fn next_due(db: &impl ConnectionTrait) -> Result<Option<i64>, StoreError> {
     let row = Entity::find()
-        .filter(Column::Status.eq(STATUS_PENDING))
+        .filter(Column::Status.eq(MailStatus::Pending))
         .order_by_asc(Column::NextAttemptAt)
         .one(db)
         .await?;

@@ -2,41 +2,20 @@
 
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
     sea_query::{Expr, Query},
 };
 
 use super::{
-    audit::{self, AuditEvent, AuditKind},
+    StoreError,
     entities::{request, request_token},
 };
-use crate::domain::mask;
+use crate::domain::Purpose;
 pub use request::Model as Request;
-
-/// Why a request no longer accepts its tokens, in order of precedence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestState {
-    Open,
-    Used,
-    Revoked,
-    Expired,
-}
-
-pub fn state(request: &Request, now: i64) -> RequestState {
-    if request.consumed_at.is_some() {
-        RequestState::Used
-    } else if request.revoked_at.is_some() {
-        RequestState::Revoked
-    } else if request.expires_at <= now {
-        RequestState::Expired
-    } else {
-        RequestState::Open
-    }
-}
 
 /// A request to open.
 pub struct NewRequest<'a> {
-    pub purpose: &'a str,
+    pub purpose: Purpose,
     pub email: &'a str,
     pub account_id: Option<&'a str>,
     pub display_name: &'a str,
@@ -45,21 +24,13 @@ pub struct NewRequest<'a> {
     pub expires_at: i64,
 }
 
-/// Revokes the open request of the same email and purpose, then opens this
-/// one. Run it in a transaction: the partial unique index allows only one
-/// open request per email and purpose.
-pub async fn open(db: &impl ConnectionTrait, new: NewRequest<'_>) -> Result<Request, DbErr> {
-    revoke_open(
-        db,
-        new.email,
-        Some(new.purpose),
-        "superseded by a new request",
-        new.now,
-    )
-    .await?;
+/// Inserts an open request. Revoke the open one of the same email and
+/// purpose first, in the same transaction: the partial unique index allows
+/// only one open request per email and purpose.
+pub async fn insert(db: &impl ConnectionTrait, new: NewRequest<'_>) -> Result<Request, StoreError> {
     let model = Request {
         id: uuid::Uuid::new_v4().to_string(),
-        purpose: new.purpose.to_owned(),
+        purpose: new.purpose,
         email: new.email.to_owned(),
         account_id: new.account_id.map(str::to_owned),
         display_name: new.display_name.to_owned(),
@@ -75,26 +46,29 @@ pub async fn open(db: &impl ConnectionTrait, new: NewRequest<'_>) -> Result<Requ
     Ok(model)
 }
 
-pub async fn find(db: &impl ConnectionTrait, request_id: &str) -> Result<Option<Request>, DbErr> {
-    request::Entity::find_by_id(request_id.to_owned())
+pub async fn find(
+    db: &impl ConnectionTrait,
+    request_id: &str,
+) -> Result<Option<Request>, StoreError> {
+    Ok(request::Entity::find_by_id(request_id.to_owned())
         .one(db)
-        .await
+        .await?)
 }
 
 /// The request a token digest belongs to, if any. One round trip.
 pub async fn find_by_token_digest(
     db: &impl ConnectionTrait,
     digest: &str,
-) -> Result<Option<Request>, DbErr> {
+) -> Result<Option<Request>, StoreError> {
     let owner = Query::select()
         .column(request_token::Column::RequestId)
         .from(request_token::Entity)
         .and_where(request_token::Column::Digest.eq(digest))
         .to_owned();
-    request::Entity::find()
+    Ok(request::Entity::find()
         .filter(request::Column::Id.in_subquery(owner))
         .one(db)
-        .await
+        .await?)
 }
 
 /// Records the digest of a newly minted token for a request.
@@ -103,7 +77,7 @@ pub async fn add_token_digest(
     request_id: &str,
     digest: &str,
     now: i64,
-) -> Result<(), DbErr> {
+) -> Result<(), StoreError> {
     request_token::Entity::insert(request_token::ActiveModel {
         digest: Set(digest.to_owned()),
         request_id: Set(request_id.to_owned()),
@@ -116,7 +90,11 @@ pub async fn add_token_digest(
 
 /// Marks an open request consumed. One conditional UPDATE, so of many
 /// concurrent callers exactly one sees `true`.
-pub async fn consume(db: &impl ConnectionTrait, request_id: &str, now: i64) -> Result<bool, DbErr> {
+pub async fn consume(
+    db: &impl ConnectionTrait,
+    request_id: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
     let result = request::Entity::update_many()
         .col_expr(request::Column::ConsumedAt, now.into())
         .filter(request::Column::Id.eq(request_id))
@@ -128,15 +106,14 @@ pub async fn consume(db: &impl ConnectionTrait, request_id: &str, now: i64) -> R
     Ok(result.rows_affected == 1)
 }
 
-/// Revokes the open requests of an email (of one purpose, or all) and
-/// audits it when there were any. Returns how many.
+/// Revokes the open requests of an email (of one purpose, or all). Returns
+/// how many; auditing them is the caller's decision.
 pub async fn revoke_open(
     db: &impl ConnectionTrait,
     email: &str,
-    purpose: Option<&str>,
-    reason: &str,
+    purpose: Option<Purpose>,
     now: i64,
-) -> Result<u64, DbErr> {
+) -> Result<u64, StoreError> {
     let mut update = request::Entity::update_many()
         .col_expr(request::Column::RevokedAt, Expr::value(now))
         .filter(request::Column::Email.eq(email))
@@ -145,19 +122,5 @@ pub async fn revoke_open(
     if let Some(purpose) = purpose {
         update = update.filter(request::Column::Purpose.eq(purpose));
     }
-    let revoked = update.exec(db).await?.rows_affected;
-    if revoked > 0 {
-        audit::record(
-            db,
-            AuditKind::Revoked,
-            AuditEvent {
-                email_hint: Some(mask(email)),
-                detail: Some(reason),
-                ..Default::default()
-            },
-            now,
-        )
-        .await?;
-    }
-    Ok(revoked)
+    Ok(update.exec(db).await?.rows_affected)
 }

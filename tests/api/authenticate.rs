@@ -35,7 +35,7 @@ async fn authenticate_accepts_the_right_password_only(backend: Backend) {
 flow_test!(authenticate_accepts_the_right_password_only);
 
 async fn failed_authentications_are_audited_without_secrets(backend: Backend) {
-    use rekey::store::entities::audit_event;
+    use rekey::store::{AuditKind, entities::audit_event};
     use sea_orm::EntityTrait;
 
     let mut app = spawn_app(backend).await;
@@ -47,12 +47,16 @@ async fn failed_authentications_are_audited_without_secrets(backend: Backend) {
     let events = audit_event::Entity::find().all(&app.db).await.unwrap();
     let failure = events
         .iter()
-        .find(|e| e.kind == "authentication_failed")
+        .find(|e| e.kind == AuditKind::AuthenticationFailed)
         .expect("an authentication_failed event");
     assert_eq!(failure.email_hint.as_deref(), Some("j***@example.com"));
     assert!(!format!("{events:?}").contains("not the password"));
-    for kind in ["sign_up_requested", "mailed", "signed_up"] {
-        assert!(events.iter().any(|e| e.kind == kind), "missing {kind}");
+    for kind in [
+        AuditKind::SignUpRequested,
+        AuditKind::Mailed,
+        AuditKind::SignedUp,
+    ] {
+        assert!(events.iter().any(|e| e.kind == kind), "missing {kind:?}");
     }
 }
 flow_test!(failed_authentications_are_audited_without_secrets);

@@ -1,4 +1,4 @@
-use rekey::store::entities::mail_outbox;
+use rekey::store::{MailStatus, entities::mail_outbox};
 use sea_orm::EntityTrait;
 
 use crate::{
@@ -35,7 +35,7 @@ async fn a_refused_send_is_retried_until_delivered(backend: Backend) {
     app.wait_for_outbox_drained().await;
     let jobs = mail_outbox::Entity::find().all(&app.db).await.unwrap();
     assert_eq!(jobs.len(), 1);
-    assert_eq!(jobs[0].status, "sent");
+    assert_eq!(jobs[0].status, MailStatus::Sent);
     assert_eq!(jobs[0].attempts, 2, "one refused attempt, one delivered");
     // The retry minted a new token for the same request; it works.
     app.reset_password(&mail.token(), "a brand new passphrase")
@@ -53,7 +53,7 @@ async fn a_permanent_refusal_becomes_a_dead_letter(backend: Backend) {
     app.wait_for_outbox_drained().await;
     let jobs = mail_outbox::Entity::find().all(&app.db).await.unwrap();
     assert_eq!(jobs.len(), 1);
-    assert_eq!(jobs[0].status, "dead");
+    assert_eq!(jobs[0].status, MailStatus::Dead);
     assert_eq!(jobs[0].attempts, 1, "a 5xx is not retried");
     let error = jobs[0].last_error.as_deref().unwrap();
     assert!(error.contains("550"), "{error}");
@@ -79,7 +79,7 @@ async fn two_replicas_share_the_outbox_and_mail_each_job_once(backend: Backend) 
     let jobs = mail_outbox::Entity::find().all(&first.db).await.unwrap();
     assert!(
         jobs.iter()
-            .all(|job| job.status == "sent" && job.attempts == 1),
+            .all(|job| job.status == MailStatus::Sent && job.attempts == 1),
         "{jobs:?}"
     );
 

@@ -2,11 +2,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code may fail loudly
 
 mod authenticate;
+mod callers;
+mod config;
 mod helpers;
+mod limits;
 mod mail;
 mod operations;
+mod protected;
 mod reset;
 mod secrets;
 mod sign_up;
+mod tls;
 mod tokens;
 mod validation;

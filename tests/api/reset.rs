@@ -73,30 +73,67 @@ async fn a_reset_sends_a_password_changed_notice(backend: Backend) {
 }
 flow_test!(a_reset_sends_a_password_changed_notice);
 
-async fn an_unknown_email_gets_the_same_reply_and_no_mail(backend: Backend) {
+async fn an_unknown_email_gets_the_same_reply_and_work_and_no_mail(backend: Backend) {
+    use rekey::store::{AuditKind, entities::audit_event, entities::mail_outbox};
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+
     let mut app = spawn_app(backend).await;
     app.create_account("jane@example.com", "Jane").await;
+    app.wait_for_outbox_drained().await;
+    let jobs_before = mail_outbox::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap()
+        .len();
 
-    let known = app
-        .reset
-        .request_reset(pb::RequestResetRequest {
-            email: "jane@example.com".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let unknown = app
-        .reset
-        .request_reset(pb::RequestResetRequest {
-            email: "nobody@example.com".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let mut reply_for = async |email: &str| {
+        app.reset
+            .request_reset(pb::RequestResetRequest {
+                email: email.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    };
+    let known = reply_for("jane@example.com").await;
+    let unknown = reply_for("nobody@example.com").await;
+
+    // The same reply: message and headers (but for the date).
     assert_eq!(known.get_ref(), unknown.get_ref());
+    let headers = |reply: &tonic::Response<pb::RequestResetResponse>| {
+        let mut headers = reply.metadata().clone().into_headers();
+        headers.remove("date");
+        format!("{headers:?}")
+    };
+    assert_eq!(headers(&known), headers(&unknown));
+
+    // The same work: one mail job with the same intent, one audit event
+    // with the same fields, whether or not the account exists.
+    let jobs = mail_outbox::Entity::find()
+        .order_by_asc(mail_outbox::Column::Id)
+        .all(&app.db)
+        .await
+        .unwrap();
+    let queued = &jobs[jobs_before..];
+    assert_eq!(queued.len(), 2, "{jobs:?}");
+    assert_eq!(
+        (queued[0].kind, &queued[0].payload),
+        (queued[1].kind, &queued[1].payload)
+    );
+    let requested: Vec<_> = audit_event::Entity::find()
+        .filter(audit_event::Column::Kind.eq(AuditKind::ResetRequested))
+        .order_by_asc(audit_event::Column::Id)
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.account_id, e.request_id, e.ip, e.detail))
+        .collect();
+    assert_eq!(requested.len(), 2, "{requested:?}");
+    assert_eq!(requested[0], requested[1]);
 
     app.wait_for_outbox_drained().await;
     assert!(app.mailbox.to("nobody@example.com").is_empty());
     assert_eq!(app.mailbox.to("jane@example.com").len(), 2);
 }
-flow_test!(an_unknown_email_gets_the_same_reply_and_no_mail);
+flow_test!(an_unknown_email_gets_the_same_reply_and_work_and_no_mail);

@@ -1,0 +1,316 @@
+//! Delivering one mail job: resolve the account, open the request, mint the
+//! token, render and send. The token's plaintext lives only in memory and
+//! in the sent mail; a retry mints another token for the same request.
+
+use std::{sync::Arc, time::Duration};
+
+use minijinja::context;
+use sea_orm::{DatabaseConnection, TransactionTrait};
+
+use super::{
+    mailer::{MailError, Mailer},
+    templates::TemplateKind,
+};
+use crate::{
+    domain::{
+        Clock, EmailAddress, FieldError, Locale, Purpose, RequestState, ResetUrl, Token,
+        clock::{duration_millis, millis_between},
+    },
+    store::{
+        StoreContext, StoreError, StoreFailure, accounts, audit,
+        outbox::{self, MailIntent, MailJob},
+        requests::{self, NewRequest, Request},
+    },
+};
+
+/// How long a mailed link stays usable, per purpose.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkLifetimes {
+    pub reset: Duration,
+    pub sign_up: Duration,
+}
+
+impl LinkLifetimes {
+    fn of(&self, purpose: Purpose) -> Duration {
+        match purpose {
+            Purpose::Reset => self.reset,
+            Purpose::SignUp => self.sign_up,
+        }
+    }
+}
+
+/// How a job ended, when it did not fail.
+pub enum Outcome {
+    Sent { request_id: Option<String> },
+    Skipped(&'static str),
+}
+
+/// Why a delivery attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error(transparent)]
+    Store(#[from] StoreFailure),
+    #[error("the stored recipient is not a valid address")]
+    Recipient(#[source] FieldError),
+    #[error("the stored reset page is not valid")]
+    ResetPage(#[source] FieldError),
+    #[error("minting a token")]
+    Token(#[source] rand::rand_core::OsError),
+    #[error(transparent)]
+    Mail(#[from] MailError),
+}
+
+impl DeliveryError {
+    /// True when another attempt cannot succeed.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            DeliveryError::Store(failure) => matches!(failure.source, StoreError::Payload(_)),
+            DeliveryError::Token(_) => false,
+            DeliveryError::Mail(error) => error.is_permanent(),
+            DeliveryError::Recipient(_) | DeliveryError::ResetPage(_) => true,
+        }
+    }
+}
+
+/// Turns mail jobs into sent messages. Cheap to clone.
+#[derive(Clone)]
+pub struct Delivery {
+    db: DatabaseConnection,
+    mailer: Mailer,
+    lifetimes: LinkLifetimes,
+    clock: Arc<dyn Clock>,
+}
+
+impl Delivery {
+    pub fn new(
+        db: DatabaseConnection,
+        mailer: Mailer,
+        lifetimes: LinkLifetimes,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            db,
+            mailer,
+            lifetimes,
+            clock,
+        }
+    }
+
+    /// A short name of the transport, for logs.
+    pub fn transport_name(&self) -> &'static str {
+        self.mailer.transport.describe()
+    }
+
+    pub async fn deliver(&self, job: &MailJob) -> Result<Outcome, DeliveryError> {
+        let intent = outbox::intent(job).context("reading the mail job's payload")?;
+        let email =
+            EmailAddress::parse("recipient", &job.recipient).map_err(DeliveryError::Recipient)?;
+        match intent {
+            MailIntent::Reset {
+                locale, reset_url, ..
+            } => {
+                let Some(account) = self.active_account(&email).await? else {
+                    return Ok(Outcome::Skipped("no active account"));
+                };
+                let page = parse_page(&reset_url)?;
+                let opened = RequestToOpen {
+                    purpose: Purpose::Reset,
+                    account_id: Some(&account.id),
+                    display_name: &account.display_name,
+                    locale: &locale,
+                };
+                self.send_link(job, &email, opened, &page, TemplateKind::Reset)
+                    .await
+            }
+            MailIntent::SignUp {
+                display_name,
+                locale,
+                reset_url,
+            } => {
+                let page = parse_page(&reset_url)?;
+                let account = self.active_account(&email).await?;
+                let (opened, kind) = match &account {
+                    Some(account) => (
+                        RequestToOpen {
+                            purpose: Purpose::Reset,
+                            account_id: Some(&account.id),
+                            display_name: &account.display_name,
+                            locale: &locale,
+                        },
+                        TemplateKind::AlreadyRegistered,
+                    ),
+                    None => (
+                        RequestToOpen {
+                            purpose: Purpose::SignUp,
+                            account_id: None,
+                            display_name: &display_name,
+                            locale: &locale,
+                        },
+                        TemplateKind::SignUp,
+                    ),
+                };
+                self.send_link(job, &email, opened, &page, kind).await
+            }
+            MailIntent::PasswordChanged {
+                display_name,
+                locale,
+                changed_at,
+            } => {
+                let locale = Locale::parse("locale", &locale).unwrap_or_default();
+                let changed_at = std::time::UNIX_EPOCH + millis_between(0, changed_at);
+                let changed_at = format!("{} UTC", humantime::format_rfc3339_seconds(changed_at));
+                let context = context! {
+                    display_name => display_name,
+                    email => email.as_str(),
+                    changed_at => changed_at,
+                };
+                self.mailer
+                    .send(&email, TemplateKind::PasswordChanged, &locale, context)
+                    .await?;
+                Ok(Outcome::Sent { request_id: None })
+            }
+        }
+    }
+
+    async fn active_account(
+        &self,
+        email: &EmailAddress,
+    ) -> Result<Option<accounts::Account>, DeliveryError> {
+        Ok(accounts::find_active_by_email(&self.db, email.as_str())
+            .await
+            .context("finding the recipient's account")?)
+    }
+
+    /// Opens the job's request (or finds the one a previous attempt opened),
+    /// mints a token for it and mails its link. Name and locale come from
+    /// the request, so a retry renders the same mail.
+    async fn send_link(
+        &self,
+        job: &MailJob,
+        email: &EmailAddress,
+        opened: RequestToOpen<'_>,
+        page: &ResetUrl,
+        kind: TemplateKind,
+    ) -> Result<Outcome, DeliveryError> {
+        let Some(request) = self.ensure_request(job, email, opened).await? else {
+            return Ok(Outcome::Skipped("request no longer open"));
+        };
+        let token = Token::mint().map_err(DeliveryError::Token)?;
+        let now = self.clock.now_millis();
+        requests::add_token_digest(&self.db, &request.id, token.digest().as_str(), now)
+            .await
+            .context("storing the token digest")?;
+        let locale = Locale::parse("locale", &request.locale).unwrap_or_default();
+        let context = context! {
+            display_name => &request.display_name,
+            email => email.as_str(),
+            link => page.link(&token),
+            expires_in => humanize(millis_between(now, request.expires_at)),
+        };
+        self.mailer.send(email, kind, &locale, context).await?;
+        tracing::debug!(request = %request.id, "link mailed");
+        Ok(Outcome::Sent {
+            request_id: Some(request.id),
+        })
+    }
+
+    /// The job's request: the one a previous attempt opened, or a new one
+    /// that supersedes the email's open request of the same purpose.
+    /// `None` when the job's request was since used, revoked or expired.
+    async fn ensure_request(
+        &self,
+        job: &MailJob,
+        email: &EmailAddress,
+        opened: RequestToOpen<'_>,
+    ) -> Result<Option<Request>, DeliveryError> {
+        let now = self.clock.now_millis();
+        if let Some(request_id) = &job.request_id {
+            let request = requests::find(&self.db, request_id)
+                .await
+                .context("finding the job's request")?;
+            return Ok(request.filter(|r| r.state(now) == RequestState::Open));
+        }
+        let tx = self.db.begin().await.context("starting a transaction")?;
+        let revoked = requests::revoke_open(&tx, email.as_str(), Some(opened.purpose), now)
+            .await
+            .context("revoking the superseded request")?;
+        let superseded = "superseded by a new request";
+        audit::record_revocations(&tx, revoked, &email.masked(), superseded, None, now)
+            .await
+            .context("auditing the revocation")?;
+        let request = requests::insert(
+            &tx,
+            NewRequest {
+                purpose: opened.purpose,
+                email: email.as_str(),
+                account_id: opened.account_id,
+                display_name: opened.display_name,
+                locale: opened.locale,
+                now,
+                expires_at: now.saturating_add(duration_millis(self.lifetimes.of(opened.purpose))),
+            },
+        )
+        .await
+        .context("opening the request")?;
+        outbox::set_request(&tx, job.id, &request.id)
+            .await
+            .context("linking the job to its request")?;
+        tx.commit().await.context("committing the new request")?;
+        Ok(Some(request))
+    }
+}
+
+/// The request a link mail opens, unless a previous attempt already did.
+struct RequestToOpen<'a> {
+    purpose: Purpose,
+    account_id: Option<&'a str>,
+    display_name: &'a str,
+    locale: &'a str,
+}
+
+fn parse_page(raw: &str) -> Result<ResetUrl, DeliveryError> {
+    ResetUrl::parse("reset_url", raw).map_err(DeliveryError::ResetPage)
+}
+
+/// "30 minutes", "24 hours", "3 days": the nearest whole unit.
+fn humanize(duration: Duration) -> String {
+    let rounded = |unit_secs: u64| (duration.as_secs() + unit_secs / 2) / unit_secs;
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    match rounded(60) {
+        0 => "less than a minute".to_owned(),
+        m if m < 60 => plural(m, "minute"),
+        _ if rounded(3600) < 48 => plural(rounded(3600), "hour"),
+        _ => plural(rounded(86_400), "day"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(humanize(Duration::from_secs(30 * 60)), "30 minutes");
+        assert_eq!(humanize(Duration::from_secs(24 * 3600)), "24 hours");
+        assert_eq!(humanize(Duration::from_secs(29 * 60 + 59)), "30 minutes");
+        assert_eq!(humanize(Duration::from_secs(24 * 3600 - 2)), "24 hours");
+        assert_eq!(humanize(Duration::from_secs(3 * 86400)), "3 days");
+        assert_eq!(humanize(Duration::from_secs(61)), "1 minute");
+    }
+
+    #[test]
+    fn only_failures_that_cannot_heal_are_permanent() {
+        let bad_page = ResetUrl::parse("reset_url", "not a url").unwrap_err();
+        assert!(DeliveryError::ResetPage(bad_page).is_permanent());
+        let timed_out = crate::mail::transport::SendError::TimedOut(Duration::from_secs(1));
+        let timed_out = DeliveryError::Mail(MailError::Send(timed_out));
+        assert!(!timed_out.is_permanent());
+        let lost = StoreFailure {
+            doing: "claiming",
+            source: StoreError::Database(sea_orm::DbErr::Conn(sea_orm::RuntimeErr::Internal(
+                "gone".into(),
+            ))),
+        };
+        assert!(!DeliveryError::Store(lost).is_permanent());
+    }
+}

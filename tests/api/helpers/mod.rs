@@ -1,0 +1,103 @@
+//! Test harness, by job: `app` (the real server in-process on 127.0.0.1:0
+//! and its clients), `smtp` (a real SMTP sink), `postgres` (a fresh
+//! database per test, dropped afterwards), `logs` (captured server logs).
+
+mod app;
+mod logs;
+mod postgres;
+mod smtp;
+
+use std::{future::Future, time::Duration};
+
+pub use app::{TestApp, spawn_app, spawn_app_with};
+pub use logs::captured_logs;
+pub use postgres::{TestDatabase, fresh_postgres_database, postgres_url};
+#[allow(unused_imports)]
+pub use smtp::{ReceivedMail, SmtpSink};
+
+pub const RESET_PAGE: &str = "https://app.example.com/reset";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs a flow test once on SQLite and once on PostgreSQL. Without a
+/// reachable PostgreSQL the second run is skipped with one visible line,
+/// except under CI, where it fails (see [`postgres_url`]).
+#[macro_export]
+macro_rules! flow_test {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sqlite() {
+                super::$name($crate::helpers::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() {
+                if $crate::helpers::postgres_url().await.is_some() {
+                    super::$name($crate::helpers::Backend::Postgres).await;
+                }
+            }
+        }
+    };
+}
+
+/// Polls `check` until it gives a value; panics naming `what`, with the
+/// server's logs, after 10 s.
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_within(Duration::from_secs(10), what, check).await
+}
+
+/// [`eventually`] with another time limit.
+pub async fn eventually_within<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "{what}: not within {limit:?}; server logs:\n{}",
+                captured_logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Asserts a status code and, when given, the `ErrorInfo` reason.
+pub fn assert_error(status: &tonic::Status, code: tonic::Code, reason: Option<&str>) {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), code, "{status:?}");
+    if let Some(reason) = reason {
+        let details = status.get_error_details();
+        let info = details
+            .error_info()
+            .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+        assert_eq!(info.reason, reason);
+        assert_eq!(info.domain, "rekey.dev");
+    }
+}
+
+/// The fields named in a status's `BadRequest` details.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
