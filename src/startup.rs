@@ -34,7 +34,7 @@ use crate::{
         worker::MailWorker,
     },
     security::{hashing::PasswordHasher, tls::ReloadingAcceptor},
-    service::ServiceContext,
+    service::{RetentionPolicy, ServiceContext, run_retention},
     store, telemetry,
 };
 
@@ -61,6 +61,8 @@ pub struct App {
     worker: MailWorker,
     health_check_interval: Duration,
     shutdown_grace: Duration,
+    retention: RetentionPolicy,
+    clock: Arc<dyn Clock>,
 }
 
 impl App {
@@ -133,7 +135,13 @@ impl App {
             sender: settings.mail.sender,
         };
         let delivery = Delivery::new(db.clone(), mailer, links.lifetimes, clock.clone());
-        let worker = MailWorker::new(db.clone(), delivery, settings.mail.worker, mail_wake, clock);
+        let worker = MailWorker::new(
+            db.clone(),
+            delivery,
+            settings.mail.worker,
+            mail_wake,
+            clock.clone(),
+        );
 
         let health = HealthReporter::new();
         let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
@@ -162,6 +170,8 @@ impl App {
             worker,
             health_check_interval: settings.health_check_interval,
             shutdown_grace: settings.shutdown_grace,
+            retention: settings.retention,
+            clock,
         })
     }
 
@@ -197,12 +207,20 @@ impl App {
             worker,
             health_check_interval,
             shutdown_grace: grace,
+            retention,
+            clock,
             ..
         } = self;
         health
             .set_service_status("liveness", ServingStatus::Serving)
             .await;
         set_ready(&health, store::is_ready(&db).await).await;
+        tokio::spawn(run_retention(
+            db.clone(),
+            retention,
+            clock,
+            shutdown.clone(),
+        ));
         let readiness = tokio::spawn(watch_readiness(
             health,
             db,

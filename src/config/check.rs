@@ -19,7 +19,7 @@ use crate::{
         delivery::LinkLifetimes, mailer::Sender, transport::smtp_send_bound, worker::WorkerOptions,
     },
     security::{callers::Callers, tls::TlsFiles},
-    service::Limits,
+    service::{Limits, RetentionPolicy},
 };
 
 fn invalid(name: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -389,6 +389,28 @@ pub(super) fn limits(raw: &RawSettings) -> Result<Limits, ConfigError> {
         per_email: rate_limit("REKEY_RATE_LIMIT_PER_EMAIL", &raw.rate_limit_per_email)?,
         per_ip: rate_limit("REKEY_RATE_LIMIT_PER_IP", &raw.rate_limit_per_ip)?,
         auth_failures: rate_limit("REKEY_AUTH_FAILURE_LIMIT", &raw.auth_failure_limit)?,
+    })
+}
+
+pub(super) fn retention(raw: &RawSettings) -> Result<RetentionPolicy, ConfigError> {
+    let kept = |name: &'static str, value: Duration| {
+        if value < Duration::from_secs(60) {
+            Err(invalid(name, "must be at least 1m, e.g. 7d"))
+        } else {
+            Ok(value)
+        }
+    };
+    if raw.retention_interval.is_zero() {
+        return Err(invalid(
+            "REKEY_RETENTION_INTERVAL",
+            "must be more than 0, e.g. 1h",
+        ));
+    }
+    Ok(RetentionPolicy {
+        requests: kept("REKEY_RETENTION_REQUESTS", raw.retention_requests)?,
+        mail: kept("REKEY_RETENTION_MAIL", raw.retention_mail)?,
+        audit: kept("REKEY_RETENTION_AUDIT", raw.retention_audit)?,
+        interval: raw.retention_interval,
     })
 }
 

@@ -21,7 +21,7 @@ use crate::{
     domain::{PasswordPolicy, ResetUrl, ResetUrlAllowList},
     mail::{delivery::LinkLifetimes, mailer::Sender, worker::WorkerOptions},
     security::{callers::Callers, tls::TlsFiles},
-    service::Limits,
+    service::{Limits, RetentionPolicy},
     telemetry::LogFormat,
 };
 
@@ -91,6 +91,7 @@ pub struct Settings {
     /// Who may call; empty means anyone who can connect.
     pub callers: Callers,
     pub limits: Limits,
+    pub retention: RetentionPolicy,
     pub tls: Option<TlsSettings>,
     /// A second, plaintext port serving `grpc.health.v1` alone.
     pub health_listen: Option<SocketAddr>,
@@ -170,6 +171,7 @@ impl Settings {
                 .map(|a| check::address("REKEY_HEALTH_LISTEN", a))
                 .transpose()?,
             limits: check::limits(&raw)?,
+            retention: check::retention(&raw)?,
             callers,
             mail,
             links,

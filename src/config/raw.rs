@@ -86,7 +86,17 @@ pub(super) struct RawSettings {
     pub rate_limit_per_ip: String,
     pub rate_limit_mail_global: String,
     pub auth_failure_limit: String,
+    #[serde(with = "humantime_serde")]
+    pub retention_requests: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retention_mail: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retention_audit: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
 }
+
+const DAY: u64 = 24 * 3600;
 
 impl Default for RawSettings {
     fn default() -> Self {
@@ -129,6 +139,10 @@ impl Default for RawSettings {
             rate_limit_per_ip: "30/5m".to_owned(),
             rate_limit_mail_global: "off".to_owned(),
             auth_failure_limit: "10/15m".to_owned(),
+            retention_requests: Duration::from_secs(7 * DAY),
+            retention_mail: Duration::from_secs(7 * DAY),
+            retention_audit: Duration::from_secs(90 * DAY),
+            retention_interval: Duration::from_secs(3600),
         }
     }
 }

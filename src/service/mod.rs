@@ -7,6 +7,7 @@ mod error;
 mod limits;
 mod request_reset;
 mod reset_password;
+mod retention;
 mod sign_up;
 mod verify_token;
 
@@ -20,6 +21,7 @@ pub use error::{ServiceError, TokenProblem};
 pub use limits::Limits;
 pub use request_reset::{LinkRequestInput, request_reset};
 pub use reset_password::{ResetPasswordInput, reset_password};
+pub use retention::{Purged, RetentionPolicy, purge_expired, run_retention};
 pub use sign_up::sign_up;
 pub use verify_token::{TokenInfo, verify_token};
 

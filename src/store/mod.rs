@@ -8,6 +8,7 @@ pub mod entities;
 pub mod outbox;
 pub mod rate_limits;
 pub mod requests;
+pub mod retention;
 
 use std::{collections::HashSet, path::PathBuf, time::Duration};
 

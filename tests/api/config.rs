@@ -381,3 +381,11 @@ async fn check_config_connect_reaches_postgres() {
     assert!(out.stdout.contains("  database: postgres\n"), "{out:?}");
     assert!(out.stdout.contains("\ndatabase: ok\n"), "{out:?}");
 }
+
+#[test]
+fn the_example_config_file_is_accepted_as_shipped() {
+    let run = Run::new();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rekey.example.toml");
+    let out = run.rekey(&["check-config", "--config", example], &[]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+}

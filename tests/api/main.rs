@@ -10,6 +10,7 @@ mod mail;
 mod operations;
 mod protected;
 mod reset;
+mod retention;
 mod secrets;
 mod sign_up;
 mod tls;
