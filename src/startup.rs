@@ -65,6 +65,9 @@ pub struct App {
     clock: Arc<dyn Clock>,
 }
 
+/// Sees each SQL statement (text, values, duration) as it runs.
+pub type StatementObserver = Arc<dyn Fn(&sea_orm::metric::Info<'_>) + Send + Sync>;
+
 impl App {
     /// Builds on the system clock.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
@@ -76,6 +79,16 @@ impl App {
     pub async fn build_with_clock(
         settings: Settings,
         clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        Self::build_observed(settings, clock, None).await
+    }
+
+    /// As [`App::build_with_clock`], with `on_statement` told of every SQL
+    /// statement the server runs, in the task that runs it.
+    pub async fn build_observed(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+        on_statement: Option<StatementObserver>,
     ) -> anyhow::Result<Self> {
         let transport =
             mail_transport(&settings.mail.transport).context("setting up the mail transport")?;
@@ -94,9 +107,12 @@ impl App {
         )
         .context("setting up the hashing pool")?;
 
-        let db = store::connect(&settings.database_url)
+        let mut db = store::connect(&settings.database_url)
             .await
             .context("connecting to the database")?;
+        if let Some(observer) = on_statement {
+            db.set_metric_callback(move |info| observer(info));
+        }
         store::migrate(&db).await.context("applying migrations")?;
 
         let listener = TcpListener::bind(settings.listen)

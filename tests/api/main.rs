@@ -4,6 +4,7 @@
 mod authenticate;
 mod callers;
 mod config;
+mod constant_work;
 mod helpers;
 mod limits;
 mod mail;

@@ -2,7 +2,10 @@
 //! (SQLite in a temp dir, or a new PostgreSQL database), mail sent over real
 //! SMTP to a sink, and tonic clients on a real port.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use figment::Figment;
 use rekey::{
@@ -10,7 +13,7 @@ use rekey::{
     domain::AdjustableClock,
     grpc::pb::{self, accounts_client::AccountsClient, password_reset_client::PasswordResetClient},
     security::hashing::PasswordHasher,
-    startup::App,
+    startup::{App, StatementObserver},
     store::{MailStatus, entities::mail_outbox},
 };
 use sea_orm::{DatabaseConnection, EntityTrait};
@@ -38,6 +41,8 @@ pub struct TestApp {
     pub clock: Arc<AdjustableClock>,
     /// The server's hashing pool, to count hashes.
     pub hasher: PasswordHasher,
+    /// The SQL text of every statement run inside an RPC, in order.
+    pub rpc_statements: Arc<Mutex<Vec<String>>>,
     /// Keeps the SQLite directory alive for the test's duration.
     pub dir: tempfile::TempDir,
     /// The PostgreSQL database this app created, dropped with it (after the
@@ -103,7 +108,18 @@ async fn start_app(
         .merge(("health_check_interval", "200ms"));
     let settings = Settings::from_figment(configure(figment)).unwrap();
     let clock = Arc::new(AdjustableClock::new());
-    let app = App::build_with_clock(settings, clock.clone())
+    let rpc_statements = Arc::new(Mutex::new(Vec::new()));
+    let recorded = rpc_statements.clone();
+    let observer: StatementObserver = Arc::new(move |info| {
+        // Only what runs inside an RPC's span; the mail worker has its own.
+        let in_rpc = tracing::Span::current()
+            .metadata()
+            .is_some_and(|m| m.name() == "rpc");
+        if in_rpc {
+            recorded.lock().unwrap().push(info.statement.sql.clone());
+        }
+    });
+    let app = App::build_observed(settings, clock.clone(), Some(observer))
         .await
         .unwrap();
     let addr = app.local_addr().unwrap();
@@ -129,6 +145,7 @@ async fn start_app(
         server: Some(server),
         clock,
         hasher,
+        rpc_statements,
         dir,
         database: None,
     }
