@@ -71,6 +71,7 @@ impl ResetUrl {
 /// The pages links may point at (defends against link poisoning). A page
 /// matches an entry on exact scheme, host and port, and a path that equals
 /// the entry's path or continues it after a `/`. Never a raw string prefix.
+/// Query parameters and a fragment only as the entry has them.
 #[derive(Debug, Clone, Default)]
 pub struct ResetUrlAllowList(Vec<ResetUrl>);
 
@@ -91,8 +92,17 @@ impl ResetUrlAllowList {
                 && allowed.host() == candidate.host()
                 && allowed.port_or_known_default() == candidate.port_or_known_default()
                 && path_within(allowed.path(), candidate.path())
+                && query_within(allowed, candidate)
+                && (candidate.fragment().is_none() || candidate.fragment() == allowed.fragment())
         })
     }
+}
+
+/// Every query parameter of the candidate is one the entry has, with the
+/// same value: a caller cannot add `next=https://evil.example`.
+fn query_within(allowed: &Url, candidate: &Url) -> bool {
+    let entry: Vec<_> = allowed.query_pairs().collect();
+    candidate.query_pairs().all(|pair| entry.contains(&pair))
 }
 
 fn path_within(allowed: &str, candidate: &str) -> bool {
@@ -120,8 +130,24 @@ mod tests {
         let list = allow(&["https://app.example.com/reset"]);
         assert!(list.allows(&url("https://app.example.com/reset")));
         assert!(list.allows(&url("https://app.example.com/reset/")));
-        assert!(list.allows(&url("https://app.example.com/reset/step?x=1")));
+        assert!(list.allows(&url("https://app.example.com/reset/step")));
         assert!(list.allows(&url("https://app.example.com:443/reset")));
+    }
+
+    #[test]
+    fn callers_cannot_add_query_parameters_or_a_fragment() {
+        let list = allow(&["https://app.example.com/reset?lang=de#form"]);
+        assert!(list.allows(&url("https://app.example.com/reset?lang=de")));
+        assert!(list.allows(&url("https://app.example.com/reset?lang=de#form")));
+        assert!(list.allows(&url("https://app.example.com/reset")));
+        for page in [
+            "https://app.example.com/reset?lang=de&next=https://evil.example",
+            "https://app.example.com/reset?lang=en",
+            "https://app.example.com/reset/step?x=1",
+            "https://app.example.com/reset#elsewhere",
+        ] {
+            assert!(!list.allows(&url(page)), "{page}");
+        }
     }
 
     #[test]
