@@ -9,7 +9,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed=proto");
     // google.rpc is described for reflection only; rekey's code uses tonic-types.
     let descriptors = protox::compile(
-        ["rekey/v1/rekey.proto", "google/rpc/error_details.proto"],
+        [
+            "rekey/v1/rekey.proto",
+            "rekey/v1/admin.proto",
+            "google/rpc/error_details.proto",
+        ],
         ["proto"],
     )?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);

@@ -23,8 +23,11 @@ use crate::{
     config::{MailTransportSettings, Settings, TlsSettings},
     domain::{Clock, SystemClock},
     grpc::{
-        AccountsService, CallerLayer, PasswordResetService, incoming,
-        pb::{self, accounts_server::AccountsServer, password_reset_server::PasswordResetServer},
+        AccountsService, AdminService, CallerLayer, PasswordResetService, incoming,
+        pb::{
+            self, accounts_server::AccountsServer, admin_server::AdminServer,
+            password_reset_server::PasswordResetServer,
+        },
     },
     mail::{
         delivery::Delivery,
@@ -40,11 +43,12 @@ use crate::{
 
 /// Health services that follow database readiness: the server as a whole,
 /// the Kubernetes readiness name, and each rekey service.
-const READY_SERVICES: [&str; 4] = [
+const READY_SERVICES: [&str; 5] = [
     "",
     "readiness",
     <PasswordResetServer<PasswordResetService> as NamedService>::NAME,
     <AccountsServer<AccountsService> as NamedService>::NAME,
+    <AdminServer<AdminService> as NamedService>::NAME,
 ];
 
 /// A built server, bound, migrated and wired, not yet serving.
@@ -173,7 +177,8 @@ impl App {
             .add_service(PasswordResetServer::new(PasswordResetService::new(
                 ctx.clone(),
             )))
-            .add_service(AccountsServer::new(AccountsService::new(ctx)));
+            .add_service(AccountsServer::new(AccountsService::new(ctx.clone())))
+            .add_service(AdminServer::new(AdminService::new(ctx)));
         Ok(Self {
             listener,
             tls: settings.tls,

@@ -2,6 +2,7 @@
 //! [`ServiceError`] to `tonic::Status`.
 
 mod accounts;
+mod admin;
 mod callers;
 pub mod incoming;
 mod password_reset;
@@ -12,6 +13,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 pub use accounts::AccountsService;
+pub use admin::AdminService;
 pub use callers::{CallerLayer, caller_name};
 pub use password_reset::PasswordResetService;
 
@@ -115,6 +117,12 @@ pub fn to_status(error: ServiceError) -> Status {
                 details,
             )
         }
+        ServiceError::NotFound(reason) => with_reason(Code::NotFound, "no such record", reason),
+        ServiceError::FailedPrecondition(reason) => with_reason(
+            Code::FailedPrecondition,
+            "the record is not in a state that allows this",
+            reason,
+        ),
         ServiceError::Unavailable(source) => {
             tracing::error!(error = format!("{source:#}"), "database unavailable");
             retry_later(

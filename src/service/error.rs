@@ -38,6 +38,12 @@ pub enum ServiceError {
         description: String,
         retry_after: Duration,
     },
+    /// What the call names does not exist; the reason says what.
+    #[error("not found: {0}")]
+    NotFound(&'static str),
+    /// What the call names is not in a state that allows it.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(&'static str),
     /// The database cannot be reached.
     #[error("database unavailable")]
     Unavailable(#[source] anyhow::Error),

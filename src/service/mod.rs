@@ -2,6 +2,7 @@
 //! are parsed into domain types, and work goes through `store` and `security`.
 //! Every store call says what it was doing, so a failure logs its story.
 
+pub mod admin;
 mod authenticate;
 mod error;
 mod limits;

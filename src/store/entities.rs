@@ -12,7 +12,7 @@ pub enum AccountStatus {
 }
 
 /// Where a mail job stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
 pub enum MailStatus {
     /// Waiting for its first or next attempt.
@@ -64,6 +64,9 @@ pub enum AuditKind {
     /// A call refused by a rate limit; `detail` names the limit.
     #[sea_orm(string_value = "rate_limited")]
     RateLimited,
+    /// An operator put a dead letter back in the queue.
+    #[sea_orm(string_value = "mail_retried")]
+    MailRetried,
 }
 
 pub mod account {

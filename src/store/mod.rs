@@ -3,6 +3,7 @@
 //! All timestamps are Unix milliseconds.
 
 pub mod accounts;
+pub mod admin;
 pub mod audit;
 pub mod entities;
 pub mod outbox;

@@ -106,6 +106,23 @@ pub async fn consume(
     Ok(result.rows_affected == 1)
 }
 
+/// Revokes one request if it is open at `now`; true if it was.
+pub async fn revoke(
+    db: &impl ConnectionTrait,
+    request_id: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let result = request::Entity::update_many()
+        .col_expr(request::Column::RevokedAt, Expr::value(now))
+        .filter(request::Column::Id.eq(request_id))
+        .filter(request::Column::ConsumedAt.is_null())
+        .filter(request::Column::RevokedAt.is_null())
+        .filter(request::Column::ExpiresAt.gt(now))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
 /// Revokes the open requests of an email (of one purpose, or all). Returns
 /// how many; auditing them is the caller's decision.
 pub async fn revoke_open(

@@ -2,7 +2,10 @@
 //! key, a key without the scope and the right key.
 
 use rekey::{
-    grpc::pb::{self, accounts_client::AccountsClient, password_reset_client::PasswordResetClient},
+    grpc::pb::{
+        self, accounts_client::AccountsClient, admin_client::AdminClient,
+        password_reset_client::PasswordResetClient,
+    },
     store::{AuditKind, entities::audit_event},
 };
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
@@ -39,7 +42,13 @@ fn with_key<T>(message: T, key: Option<&str>) -> Request<T> {
     request
 }
 
-const RPCS: [&str; 5] = [
+const RPCS: [&str; 11] = [
+    "ListRequests",
+    "RevokeRequest",
+    "ListMail",
+    "RetryMail",
+    "ListAuditEvents",
+    "GetStats",
     "RequestReset",
     "VerifyToken",
     "ResetPassword",
@@ -51,8 +60,38 @@ const RPCS: [&str; 5] = [
 async fn call(channel: &Channel, rpc: &str, key: Option<&str>) -> Status {
     let mut reset = PasswordResetClient::new(channel.clone());
     let mut accounts = AccountsClient::new(channel.clone());
+    let mut admin = AdminClient::new(channel.clone());
     let token = "A".repeat(43);
     let result = match rpc {
+        "ListRequests" => admin
+            .list_requests(with_key(pb::ListRequestsRequest::default(), key))
+            .await
+            .map(drop),
+        "RevokeRequest" => admin
+            .revoke_request(with_key(
+                pb::RevokeRequestRequest {
+                    request_id: "no-such-request".into(),
+                },
+                key,
+            ))
+            .await
+            .map(drop),
+        "ListMail" => admin
+            .list_mail(with_key(pb::ListMailRequest::default(), key))
+            .await
+            .map(drop),
+        "RetryMail" => admin
+            .retry_mail(with_key(pb::RetryMailRequest { mail_id: 999 }, key))
+            .await
+            .map(drop),
+        "ListAuditEvents" => admin
+            .list_audit_events(with_key(pb::ListAuditEventsRequest::default(), key))
+            .await
+            .map(drop),
+        "GetStats" => admin
+            .get_stats(with_key(pb::GetStatsRequest::default(), key))
+            .await
+            .map(drop),
         "RequestReset" => reset
             .request_reset(with_key(
                 pb::RequestResetRequest {
@@ -114,10 +153,13 @@ fn reason(status: &Status) -> String {
 async fn every_rpc_needs_a_known_key_with_its_scope(backend: Backend) {
     let app = spawn_with_keys(backend).await;
     for rpc in RPCS {
-        let (right, other_scope) = if rpc == "Authenticate" {
-            (LOGIN_SECRET, WEB_SECRET)
+        let admin = RPCS[..6].contains(&rpc);
+        let (right, other_scopes) = if rpc == "Authenticate" {
+            (LOGIN_SECRET, [WEB_SECRET, OPS_SECRET])
+        } else if admin {
+            (OPS_SECRET, [WEB_SECRET, LOGIN_SECRET])
         } else {
-            (WEB_SECRET, LOGIN_SECRET)
+            (WEB_SECRET, [LOGIN_SECRET, OPS_SECRET])
         };
         let wrong = "not-a-key-0123456789abcdef0123456789";
         for key in [None, Some(wrong)] {
@@ -125,7 +167,7 @@ async fn every_rpc_needs_a_known_key_with_its_scope(backend: Backend) {
             assert_eq!(status.code(), Code::Unauthenticated, "{rpc} {status:?}");
             assert_eq!(reason(&status), "API_KEY_INVALID", "{rpc}");
         }
-        for key in [other_scope, OPS_SECRET] {
+        for key in other_scopes {
             let status = call(&app.channel, rpc, Some(key)).await;
             assert_eq!(status.code(), Code::PermissionDenied, "{rpc} {status:?}");
             assert_eq!(reason(&status), "API_KEY_SCOPE", "{rpc}");
@@ -135,6 +177,9 @@ async fn every_rpc_needs_a_known_key_with_its_scope(backend: Backend) {
         let expected = match rpc {
             "RequestReset" | "SignUp" => (Code::Ok, ""),
             "VerifyToken" | "ResetPassword" => (Code::NotFound, "TOKEN_INVALID"),
+            "ListRequests" | "ListMail" | "ListAuditEvents" | "GetStats" => (Code::Ok, ""),
+            "RevokeRequest" => (Code::NotFound, "REQUEST_NOT_FOUND"),
+            "RetryMail" => (Code::NotFound, "MAIL_NOT_FOUND"),
             _ => (Code::Unauthenticated, "INVALID_CREDENTIALS"),
         };
         assert_eq!(

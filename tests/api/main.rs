@@ -1,6 +1,7 @@
 //! rekey's integration tests: one binary, so the suite links once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code may fail loudly
 
+mod admin;
 mod authenticate;
 mod callers;
 mod config;

@@ -11,7 +11,10 @@ use figment::Figment;
 use rekey::{
     config::Settings,
     domain::AdjustableClock,
-    grpc::pb::{self, accounts_client::AccountsClient, password_reset_client::PasswordResetClient},
+    grpc::pb::{
+        self, accounts_client::AccountsClient, admin_client::AdminClient,
+        password_reset_client::PasswordResetClient,
+    },
     security::hashing::PasswordHasher,
     startup::{App, StatementObserver},
     store::{MailStatus, entities::mail_outbox},
@@ -30,6 +33,7 @@ use super::{
 pub struct TestApp {
     pub reset: PasswordResetClient<Channel>,
     pub accounts: AccountsClient<Channel>,
+    pub admin: AdminClient<Channel>,
     /// A connected channel, for other clients (health, reflection).
     pub channel: Channel,
     pub mailbox: SmtpSink,
@@ -137,6 +141,7 @@ async fn start_app(
     TestApp {
         reset: PasswordResetClient::new(channel.clone()),
         accounts: AccountsClient::new(channel.clone()),
+        admin: AdminClient::new(channel.clone()),
         channel,
         mailbox,
         db,
