@@ -7,6 +7,7 @@ mod config;
 mod helpers;
 mod limits;
 mod mail;
+mod mail_survival;
 mod operations;
 mod protected;
 mod reset;
