@@ -398,9 +398,15 @@ pub async fn check_config(settings: &Settings, connect: bool) -> anyhow::Result<
 
 fn mail_transport(settings: &MailTransportSettings) -> Result<MailTransport, TransportError> {
     match settings {
-        MailTransportSettings::Smtp { url, timeout } => {
-            MailTransport::smtp(url.expose_secret(), *timeout)
-        }
+        MailTransportSettings::Smtp {
+            url,
+            password,
+            timeout,
+        } => MailTransport::smtp(
+            url.expose_secret(),
+            password.as_ref().map(ExposeSecret::expose_secret),
+            *timeout,
+        ),
         MailTransportSettings::File { dir } => MailTransport::file(dir.clone()),
     }
 }

@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::{
     ConfigError, LinkSettings, MailSettings, MailTransportSettings, PasswordSettings, TlsSettings,
-    raw::RawSettings,
+    raw::RawSettings, smtp,
 };
 use crate::{
     domain::{PasswordPolicy, RateLimit, ResetUrl, ResetUrlAllowList},
@@ -22,7 +22,7 @@ use crate::{
     service::{Limits, RetentionPolicy},
 };
 
-fn invalid(name: &'static str, problem: impl Into<String>) -> ConfigError {
+pub(super) fn invalid(name: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         name,
         problem: problem.into(),
@@ -119,26 +119,7 @@ pub(super) fn links(raw: &RawSettings) -> Result<LinkSettings, ConfigError> {
 
 /// `links` gives the default From host: the app's own domain.
 pub(super) fn mail(raw: &RawSettings, links: &LinkSettings) -> Result<MailSettings, ConfigError> {
-    let transport = match &raw.smtp_url {
-        Some(url) if !url.expose_secret().trim().is_empty() => {
-            let parsed = url::Url::parse(url.expose_secret().trim())
-                .map_err(|_| invalid("REKEY_SMTP_URL", "is not a URL"))?;
-            if !matches!(parsed.scheme(), "smtp" | "smtps") {
-                return Err(invalid("REKEY_SMTP_URL", "must use smtp:// or smtps://"));
-            }
-            if parsed.host_str().is_none() {
-                return Err(invalid("REKEY_SMTP_URL", "must name a host"));
-            }
-            smtp_tls(&parsed)?;
-            MailTransportSettings::Smtp {
-                url: url.clone(),
-                timeout: raw.smtp_timeout,
-            }
-        }
-        _ => MailTransportSettings::File {
-            dir: raw.mail_dir.clone(),
-        },
-    };
+    let transport = smtp::transport(raw)?;
     let from = match &raw.mail_from {
         Some(from) => mailbox("REKEY_MAIL_FROM", from)?,
         None => {
@@ -163,29 +144,6 @@ pub(super) fn mail(raw: &RawSettings, links: &LinkSettings) -> Result<MailSettin
     })
 }
 
-/// The `tls=` parameter, as the SMTP client reads it. Neither the URL nor
-/// the value is quoted: the URL may carry credentials.
-fn smtp_tls(url: &url::Url) -> Result<(), ConfigError> {
-    let tls = url
-        .query_pairs()
-        .find(|(key, _)| key == "tls")
-        .map(|(_, value)| value.into_owned());
-    match (url.scheme(), tls.as_deref()) {
-        ("smtp", None | Some("required" | "opportunistic"))
-        | ("smtps", None | Some("required")) => Ok(()),
-        ("smtps", Some(_)) => Err(invalid(
-            "REKEY_SMTP_URL",
-            "smtps:// always uses TLS from the first byte; leave out tls=",
-        )),
-        _ => Err(invalid(
-            "REKEY_SMTP_URL",
-            "tls= must be \"required\" (STARTTLS, refuse the relay without it) or \
-             \"opportunistic\" (STARTTLS when offered); for TLS from the first byte use \
-             smtps://",
-        )),
-    }
-}
-
 fn mail_worker(raw: &RawSettings) -> Result<WorkerOptions, ConfigError> {
     if raw.mail_max_attempts == 0 || raw.mail_batch_size == 0 || raw.mail_send_concurrency == 0 {
         return Err(invalid(
@@ -198,6 +156,9 @@ fn mail_worker(raw: &RawSettings) -> Result<WorkerOptions, ConfigError> {
             "REKEY_MAIL_POLL_INTERVAL",
             "must be greater than zero",
         ));
+    }
+    if raw.mail_backoff_max < Duration::from_secs(1) {
+        return Err(invalid("REKEY_MAIL_BACKOFF_MAX", "must be at least 1s"));
     }
     // A batch is sent `mail_send_concurrency` at a time, each send within
     // the transport's bound; the lease must outlast the whole batch.
@@ -216,6 +177,7 @@ fn mail_worker(raw: &RawSettings) -> Result<WorkerOptions, ConfigError> {
         global_limit: rate_limit("REKEY_RATE_LIMIT_MAIL_GLOBAL", &raw.rate_limit_mail_global)?,
         poll_interval: raw.mail_poll_interval,
         max_attempts: raw.mail_max_attempts,
+        backoff_max: raw.mail_backoff_max,
         batch_size: raw.mail_batch_size,
         lease: raw.mail_lease,
         send_concurrency: raw.mail_send_concurrency,
@@ -348,8 +310,8 @@ pub(super) fn protected_mode(
     match &mail.transport {
         MailTransportSettings::File { .. } => problems
             .push("mail goes to the file transport, links on disk: set REKEY_SMTP_URL".to_owned()),
-        MailTransportSettings::Smtp { url, .. } => {
-            if smtp_credentials_in_clear(url.expose_secret()) {
+        MailTransportSettings::Smtp { url, password, .. } => {
+            if smtp::credentials_in_clear(url, password.as_ref()) {
                 problems.push(
                     "SMTP credentials would cross the network without TLS: use smtps:// \
                      or ?tls=required"
@@ -370,18 +332,6 @@ pub(super) fn protected_mode(
             problems.join("; ")
         ),
     ))
-}
-
-fn smtp_credentials_in_clear(url: &str) -> bool {
-    let Ok(url) = url::Url::parse(url.trim()) else {
-        return false;
-    };
-    let has_credentials = !url.username().is_empty() || url.password().is_some();
-    let tls_required = url.scheme() == "smtps"
-        || url
-            .query_pairs()
-            .any(|(key, value)| key == "tls" && value == "required");
-    has_credentials && !tls_required
 }
 
 pub(super) fn limits(raw: &RawSettings) -> Result<Limits, ConfigError> {

@@ -9,6 +9,7 @@
 mod check;
 mod keys;
 mod raw;
+mod smtp;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -38,9 +39,11 @@ pub struct TlsSettings {
 /// Where mail goes.
 #[derive(Debug, Clone)]
 pub enum MailTransportSettings {
-    /// An SMTP relay URL and its per-command timeout.
+    /// An SMTP relay URL, the password for its user when kept apart from
+    /// the URL, and the per-command timeout.
     Smtp {
         url: SecretString,
+        password: Option<SecretString>,
         timeout: Duration,
     },
     /// `.eml` files in a directory.
@@ -205,8 +208,9 @@ impl Settings {
     /// for messages built from errors of the libraries that were handed one.
     pub fn redact(&self, text: &str) -> String {
         let mut secrets = vec![self.database_url.expose_secret().to_owned()];
-        if let MailTransportSettings::Smtp { url, .. } = &self.mail.transport {
+        if let MailTransportSettings::Smtp { url, password, .. } = &self.mail.transport {
             secrets.push(url.expose_secret().trim().to_owned());
+            secrets.extend(password.iter().map(|p| p.expose_secret().to_owned()));
         }
         redact(text, &secrets)
     }
@@ -300,6 +304,14 @@ mod tests {
             Duration::from_secs(86_400)
         );
         assert_eq!(settings.passwords.argon2.m_cost(), 19_456);
+        // Retries ride out a relay outage of about an hour.
+        let worker = settings.mail.worker;
+        assert_eq!(
+            (worker.max_attempts, worker.backoff_max.as_secs()),
+            (12, 900)
+        );
+        let (shortest, longest) = worker.retry_span();
+        assert!((shortest..=longest).contains(&Duration::from_secs(3600)));
     }
 
     #[test]
@@ -355,7 +367,7 @@ mod tests {
 
     #[test]
     fn nonsense_values_are_rejected_naming_the_setting() {
-        let cases: [(&str, figment::value::Value, &str); 11] = [
+        let cases: [(&str, figment::value::Value, &str); 12] = [
             ("reset_token_ttl", "1s".into(), "REKEY_RESET_TOKEN_TTL"),
             (
                 "signup_token_ttl",
@@ -374,6 +386,7 @@ mod tests {
             ("password_min_chars", 4.into(), "REKEY_PASSWORD_MIN_CHARS"),
             ("argon2_memory_kib", 1.into(), "REKEY_ARGON2_*"),
             ("mail_lease", "1s".into(), "REKEY_MAIL_LEASE"),
+            ("mail_backoff_max", "0s".into(), "REKEY_MAIL_BACKOFF_MAX"),
             (
                 "health_check_interval",
                 "0s".into(),

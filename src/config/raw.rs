@@ -1,8 +1,8 @@
 //! The raw, layered input: built-in defaults, an optional TOML file,
 //! `REKEY_*` environment variables, and `REKEY_<NAME>_FILE` for the secrets
-//! (database and SMTP URLs, which may carry passwords). Nothing is checked
-//! here beyond types and key names; `check` turns this into
-//! [`super::Settings`].
+//! (database and SMTP URLs, which may carry passwords, the SMTP password
+//! and the API keys). Nothing is checked here beyond types and key names;
+//! `check` turns this into [`super::Settings`].
 //!
 //! A key that no field of [`RawSettings`] reads is an error, whichever layer
 //! it comes from. The known keys are the struct's own fields (see `keys`),
@@ -41,6 +41,8 @@ pub(super) struct RawSettings {
     pub listen: String,
     pub database_url: SecretString,
     pub smtp_url: Option<SecretString>,
+    /// Logs in as the SMTP URL's user, keeping the password out of the URL.
+    pub smtp_password: Option<SecretString>,
     #[serde(with = "humantime_serde")]
     pub smtp_timeout: Duration,
     pub mail_dir: PathBuf,
@@ -62,6 +64,8 @@ pub(super) struct RawSettings {
     #[serde(with = "humantime_serde")]
     pub mail_poll_interval: Duration,
     pub mail_max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub mail_backoff_max: Duration,
     pub mail_batch_size: u64,
     #[serde(with = "humantime_serde")]
     pub mail_lease: Duration,
@@ -104,6 +108,7 @@ impl Default for RawSettings {
             listen: "127.0.0.1:50051".to_owned(),
             database_url: SecretString::from("sqlite://./var/rekey.db?mode=rwc"),
             smtp_url: None,
+            smtp_password: None,
             smtp_timeout: Duration::from_secs(30),
             mail_dir: PathBuf::from("./var/mail"),
             mail_from: None,
@@ -119,7 +124,9 @@ impl Default for RawSettings {
             hash_concurrency: 0,
             hash_queue_depth: 64,
             mail_poll_interval: Duration::from_secs(5),
-            mail_max_attempts: 8,
+            // 5 s doubling to 15 min: about an hour of retries in all.
+            mail_max_attempts: 12,
+            mail_backoff_max: Duration::from_secs(15 * 60),
             mail_batch_size: 16,
             mail_lease: Duration::from_secs(120),
             mail_send_concurrency: 8,
@@ -149,7 +156,7 @@ impl Default for RawSettings {
 
 /// Settings whose values may be secrets: read from `REKEY_<NAME>_FILE` too,
 /// and never quoted in an error.
-const SECRET_SETTINGS: [&str; 3] = ["database_url", "smtp_url", "api_keys"];
+const SECRET_SETTINGS: [&str; 4] = ["database_url", "smtp_url", "smtp_password", "api_keys"];
 
 /// `REKEY_*` variables that are not settings: the config file (read by the
 /// command line), the secret files, and the test suite's PostgreSQL server
@@ -372,6 +379,7 @@ mod tests {
             "config",
             "database_url_file",
             "SMTP_URL_FILE",
+            "smtp_password_file",
             "test_postgres_url",
             "bench_rounds",
         ] {

@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use minijinja::context;
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::{ActiveEnum, DatabaseConnection, TransactionTrait};
 
 use super::{
     mailer::{MailError, Mailer},
@@ -17,7 +17,7 @@ use crate::{
         clock::{duration_millis, millis_between},
     },
     store::{
-        StoreContext, StoreError, StoreFailure, accounts, audit,
+        MailKind, StoreContext, StoreError, StoreFailure, accounts, audit,
         outbox::{self, MailIntent, MailJob},
         requests::{self, NewRequest, Request},
     },
@@ -41,7 +41,11 @@ impl LinkLifetimes {
 
 /// How a job ended, when it did not fail.
 pub enum Outcome {
-    Sent { request_id: Option<String> },
+    /// Accepted by the transport, as this kind of mail.
+    Sent {
+        request_id: Option<String>,
+        kind: MailKind,
+    },
     Skipped(&'static str),
 }
 
@@ -56,6 +60,13 @@ pub enum DeliveryError {
     ResetPage(#[source] FieldError),
     #[error("minting a token")]
     Token(#[source] rand::rand_core::OsError),
+    /// The request a previous attempt opened expired before its mail went
+    /// out: the link would not work. An operator may retry it.
+    #[error("the request expired before its mail could be sent")]
+    RequestExpired,
+    /// Another worker claimed the job meanwhile; nothing was sent.
+    #[error("the job's lease was lost")]
+    LeaseLost,
     #[error(transparent)]
     Mail(#[from] MailError),
 }
@@ -65,7 +76,8 @@ impl DeliveryError {
     pub fn is_permanent(&self) -> bool {
         match self {
             DeliveryError::Store(failure) => matches!(failure.source, StoreError::Payload(_)),
-            DeliveryError::Token(_) => false,
+            DeliveryError::Token(_) | DeliveryError::LeaseLost => false,
+            DeliveryError::RequestExpired => true,
             DeliveryError::Mail(error) => error.is_permanent(),
             DeliveryError::Recipient(_) | DeliveryError::ResetPage(_) => true,
         }
@@ -109,6 +121,7 @@ impl Delivery {
             MailIntent::Reset {
                 locale, reset_url, ..
             } => {
+                record_kind(MailKind::Reset);
                 let Some(account) = self.active_account(&email).await? else {
                     return Ok(Outcome::Skipped("no active account"));
                 };
@@ -119,8 +132,7 @@ impl Delivery {
                     display_name: &account.display_name,
                     locale: &locale,
                 };
-                self.send_link(job, &email, opened, &page, TemplateKind::Reset)
-                    .await
+                self.send_link(job, &email, opened, &page).await
             }
             MailIntent::SignUp {
                 display_name,
@@ -129,33 +141,28 @@ impl Delivery {
             } => {
                 let page = parse_page(&reset_url)?;
                 let account = self.active_account(&email).await?;
-                let (opened, kind) = match &account {
-                    Some(account) => (
-                        RequestToOpen {
-                            purpose: Purpose::Reset,
-                            account_id: Some(&account.id),
-                            display_name: &account.display_name,
-                            locale: &locale,
-                        },
-                        TemplateKind::AlreadyRegistered,
-                    ),
-                    None => (
-                        RequestToOpen {
-                            purpose: Purpose::SignUp,
-                            account_id: None,
-                            display_name: &display_name,
-                            locale: &locale,
-                        },
-                        TemplateKind::SignUp,
-                    ),
+                let opened = match &account {
+                    Some(account) => RequestToOpen {
+                        purpose: Purpose::Reset,
+                        account_id: Some(&account.id),
+                        display_name: &account.display_name,
+                        locale: &locale,
+                    },
+                    None => RequestToOpen {
+                        purpose: Purpose::SignUp,
+                        account_id: None,
+                        display_name: &display_name,
+                        locale: &locale,
+                    },
                 };
-                self.send_link(job, &email, opened, &page, kind).await
+                self.send_link(job, &email, opened, &page).await
             }
             MailIntent::PasswordChanged {
                 display_name,
                 locale,
                 changed_at,
             } => {
+                record_kind(MailKind::PasswordChanged);
                 let locale = Locale::parse("locale", &locale).unwrap_or_default();
                 let changed_at = std::time::UNIX_EPOCH + millis_between(0, changed_at);
                 let changed_at = format!("{} UTC", humantime::format_rfc3339_seconds(changed_at));
@@ -164,10 +171,14 @@ impl Delivery {
                     email => email.as_str(),
                     changed_at => changed_at,
                 };
+                let at = self.clock.now_millis();
                 self.mailer
-                    .send(&email, TemplateKind::PasswordChanged, &locale, context)
+                    .send(&email, TemplateKind::PasswordChanged, &locale, context, at)
                     .await?;
-                Ok(Outcome::Sent { request_id: None })
+                Ok(Outcome::Sent {
+                    request_id: None,
+                    kind: MailKind::PasswordChanged,
+                })
             }
         }
     }
@@ -182,19 +193,20 @@ impl Delivery {
     }
 
     /// Opens the job's request (or finds the one a previous attempt opened),
-    /// mints a token for it and mails its link. Name and locale come from
-    /// the request, so a retry renders the same mail.
+    /// mints a token for it and mails its link. Name, locale and kind come
+    /// from the request, so a retry renders the same mail.
     async fn send_link(
         &self,
         job: &MailJob,
         email: &EmailAddress,
         opened: RequestToOpen<'_>,
         page: &ResetUrl,
-        kind: TemplateKind,
     ) -> Result<Outcome, DeliveryError> {
         let Some(request) = self.ensure_request(job, email, opened).await? else {
             return Ok(Outcome::Skipped("request no longer open"));
         };
+        let kind = link_kind(job.kind, request.purpose);
+        record_kind(kind);
         let token = Token::mint().map_err(DeliveryError::Token)?;
         let now = self.clock.now_millis();
         requests::add_token_digest(&self.db, &request.id, token.digest().as_str(), now)
@@ -207,16 +219,26 @@ impl Delivery {
             link => page.link(&token),
             expires_in => humanize(millis_between(now, request.expires_at)),
         };
-        self.mailer.send(email, kind, &locale, context).await?;
+        let template = match kind {
+            MailKind::Reset => TemplateKind::Reset,
+            MailKind::SignUp => TemplateKind::SignUp,
+            MailKind::AlreadyRegistered => TemplateKind::AlreadyRegistered,
+            MailKind::PasswordChanged => TemplateKind::PasswordChanged,
+        };
+        self.mailer
+            .send(email, template, &locale, context, now)
+            .await?;
         tracing::debug!(request = %request.id, "link mailed");
         Ok(Outcome::Sent {
             request_id: Some(request.id),
+            kind,
         })
     }
 
     /// The job's request: the one a previous attempt opened, or a new one
     /// that supersedes the email's open request of the same purpose.
-    /// `None` when the job's request was since used, revoked or expired.
+    /// `None` when the job's request was since used or revoked; an error
+    /// when it expired, so that the job becomes a dead letter saying so.
     async fn ensure_request(
         &self,
         job: &MailJob,
@@ -228,7 +250,11 @@ impl Delivery {
             let request = requests::find(&self.db, request_id)
                 .await
                 .context("finding the job's request")?;
-            return Ok(request.filter(|r| r.state(now) == RequestState::Open));
+            return match request.map(|r| (r.state(now), r)) {
+                Some((RequestState::Open, request)) => Ok(Some(request)),
+                Some((RequestState::Expired, _)) => Err(DeliveryError::RequestExpired),
+                _ => Ok(None),
+            };
         }
         let tx = self.db.begin().await.context("starting a transaction")?;
         let revoked = requests::revoke_open(&tx, email.as_str(), Some(opened.purpose), now)
@@ -252,9 +278,14 @@ impl Delivery {
         )
         .await
         .context("opening the request")?;
-        outbox::set_request(&tx, job.id, &request.id)
+        let kind = link_kind(job.kind, opened.purpose);
+        let linked = outbox::set_request(&tx, job, &request.id, kind)
             .await
             .context("linking the job to its request")?;
+        if !linked {
+            // Dropping the transaction undoes the new request.
+            return Err(DeliveryError::LeaseLost);
+        }
         tx.commit().await.context("committing the new request")?;
         Ok(Some(request))
     }
@@ -266,6 +297,21 @@ struct RequestToOpen<'a> {
     account_id: Option<&'a str>,
     display_name: &'a str,
     locale: &'a str,
+}
+
+/// What a link mail is, given what was queued and the request it carries:
+/// a sign-up that found an account opened a reset and says so.
+fn link_kind(queued: MailKind, purpose: Purpose) -> MailKind {
+    match (queued, purpose) {
+        (MailKind::Reset, _) => MailKind::Reset,
+        (_, Purpose::SignUp) => MailKind::SignUp,
+        (_, Purpose::Reset) => MailKind::AlreadyRegistered,
+    }
+}
+
+/// Names the kind of mail in the worker's span for the job.
+fn record_kind(kind: MailKind) {
+    tracing::Span::current().record("kind", tracing::field::display(kind.to_value()));
 }
 
 fn parse_page(raw: &str) -> Result<ResetUrl, DeliveryError> {

@@ -1,4 +1,5 @@
-//! Rendering a template and sending the result from our sender address.
+//! Rendering a template and sending the result from our sender address,
+//! with a `Message-ID` on the sender's domain and a `Date`.
 
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use super::{
     templates::{TemplateError, TemplateKind, Templates},
     transport::{MailTransport, SendError},
 };
-use crate::domain::{EmailAddress, Locale};
+use crate::domain::{EmailAddress, Locale, clock::millis_between};
 
 /// Who mail comes from, independent of the SMTP login.
 #[derive(Debug, Clone)]
@@ -53,16 +54,20 @@ pub struct Mailer {
 }
 
 impl Mailer {
-    /// Renders `kind` in `locale` with `context` and sends it to `to`.
+    /// Renders `kind` in `locale` with `context` and sends it to `to`,
+    /// dated `now` (Unix milliseconds).
     pub async fn send(
         &self,
         to: &EmailAddress,
         kind: TemplateKind,
         locale: &Locale,
         context: Value,
+        now: i64,
     ) -> Result<(), MailError> {
         let mail = self.templates.render(kind, locale, context)?;
         let mut builder = Message::builder()
+            .message_id(Some(self.message_id()))
+            .date(std::time::UNIX_EPOCH + millis_between(0, now))
             .from(self.sender.from.clone())
             .to(Mailbox::new(None, to.as_str().parse()?));
         if let Some(reply_to) = &self.sender.reply_to {
@@ -72,5 +77,12 @@ impl Mailer {
             .subject(mail.subject)
             .multipart(MultiPart::alternative_plain_html(mail.text, mail.html))?;
         Ok(self.transport.send(message).await?)
+    }
+
+    /// A fresh `<random@from-domain>`: the domain is ours, so the id is
+    /// unique without revealing the host that sent it.
+    fn message_id(&self) -> String {
+        let id = uuid::Uuid::new_v4().simple();
+        format!("<{id}@{}>", self.sender.from.email.domain())
     }
 }

@@ -4,7 +4,10 @@ use std::{path::PathBuf, time::Duration};
 
 use lettre::{
     AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
-    transport::{file, smtp, smtp::response::Category},
+    transport::{
+        file, smtp,
+        smtp::{authentication::Credentials, response::Category},
+    },
 };
 
 /// A configured transport. SMTP keeps a connection pool.
@@ -23,6 +26,8 @@ pub enum MailTransport {
 pub enum TransportError {
     #[error("the SMTP URL is not usable")]
     SmtpUrl(#[source] smtp::Error),
+    #[error("the SMTP password needs a user name in the SMTP URL")]
+    SmtpUser,
     #[error("cannot create the mail directory {}", dir.display())]
     MailDir {
         dir: PathBuf,
@@ -66,12 +71,29 @@ pub fn smtp_send_bound(command_timeout: Duration) -> Duration {
 
 impl MailTransport {
     /// An SMTP relay URL: `smtp://` (plain, or STARTTLS with `?tls=required`
-    /// / `?tls=opportunistic`) or `smtps://` (implicit TLS).
-    pub fn smtp(url: &str, command_timeout: Duration) -> Result<Self, TransportError> {
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.trim())
+    /// / `?tls=opportunistic`) or `smtps://` (implicit TLS). `password`,
+    /// when given, logs in as the URL's user instead of a password in it.
+    pub fn smtp(
+        url: &str,
+        password: Option<&str>,
+        command_timeout: Duration,
+    ) -> Result<Self, TransportError> {
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.trim())
             .map_err(TransportError::SmtpUrl)?
-            .timeout(Some(command_timeout))
-            .build();
+            .timeout(Some(command_timeout));
+        if let Some(password) = password {
+            let user = url::Url::parse(url.trim())
+                .ok()
+                .map(|url| url.username().to_owned())
+                .filter(|user| !user.is_empty())
+                .ok_or(TransportError::SmtpUser)?;
+            let user = percent_encoding::percent_decode_str(&user)
+                .decode_utf8()
+                .map_err(|_| TransportError::SmtpUser)?
+                .into_owned();
+            builder = builder.credentials(Credentials::new(user, password.to_owned()));
+        }
+        let transport = builder.build();
         Ok(Self::Smtp {
             transport,
             send_timeout: smtp_send_bound(command_timeout),

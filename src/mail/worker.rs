@@ -2,7 +2,8 @@
 //! as soon as a job is queued; it also polls, for retries and for jobs that
 //! other replicas queued. It claims due jobs with a lease, hands each to
 //! [`Delivery`], and records the outcome: sent, skipped, retried later with
-//! backoff, or buried as a dead letter.
+//! backoff, or buried as a dead letter. Every write after a claim is fenced
+//! by the claim's lease token: a worker whose lease lapsed writes nothing.
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,7 +13,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::delivery::{Delivery, DeliveryError, Outcome};
+use super::{
+    backoff,
+    delivery::{Delivery, DeliveryError, Outcome},
+};
 use crate::{
     domain::{
         Clock, RateLimit,
@@ -20,25 +24,26 @@ use crate::{
         mask,
     },
     store::{
-        AuditKind, MailStatus, StoreContext, StoreFailure,
+        AuditKind, MailKind, MailStatus, StoreContext, StoreFailure,
         audit::{self, AuditEvent},
         outbox::{self, MailJob},
         rate_limits::{self, Charge},
     },
 };
 
-const BACKOFF_BASE: Duration = Duration::from_secs(2);
 /// The rate-limit key of the deployment-wide mail cap.
 const GLOBAL_MAIL_KEY: &str = "mail:global";
-const BACKOFF_MAX: Duration = Duration::from_secs(30 * 60);
 
 /// How the worker claims and paces its work.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerOptions {
     /// Longest sleep between looks at the outbox.
     pub poll_interval: Duration,
-    /// Attempts before a job becomes a dead letter.
+    /// Attempts before a job becomes a dead letter; checked when a job is
+    /// claimed too, so a job whose outcome is never recorded stops.
     pub max_attempts: u32,
+    /// The longest delay between two attempts.
+    pub backoff_max: Duration,
     /// Jobs claimed at once.
     pub batch_size: u64,
     /// How long a claimed job is reserved for this worker.
@@ -47,6 +52,14 @@ pub struct WorkerOptions {
     pub send_concurrency: usize,
     /// Mails per period for the whole deployment; past it mail waits.
     pub global_limit: Option<RateLimit>,
+}
+
+impl WorkerOptions {
+    /// How long a mail that keeps failing is retried before it becomes a
+    /// dead letter: the shortest and the longest sum of the delays.
+    pub fn retry_span(&self) -> (Duration, Duration) {
+        backoff::retry_span(self.max_attempts, self.backoff_max)
+    }
 }
 
 /// The outbox's consumer. Cheap to clone.
@@ -79,8 +92,15 @@ impl MailWorker {
 
     /// Runs until `shutdown`; a batch in progress is finished first.
     pub async fn run(self, shutdown: CancellationToken) {
+        let (shortest, longest) = self.options.retry_span();
         tracing::info!(
             transport = self.delivery.transport_name(),
+            max_attempts = self.options.max_attempts,
+            gives_up_after = %format!(
+                "{} to {}",
+                humantime::format_duration(whole_seconds(shortest)),
+                humantime::format_duration(whole_seconds(longest))
+            ),
             "mail worker started"
         );
         loop {
@@ -109,11 +129,24 @@ impl MailWorker {
         tracing::info!("mail worker stopped");
     }
 
-    /// Claims one batch of due jobs and processes it. Returns how many.
+    /// Buries the jobs out of attempts, then claims one batch of due jobs
+    /// and processes it. Returns how many were claimed.
     pub async fn run_once(&self) -> Result<usize, StoreFailure> {
         let now = self.clock.now_millis();
+        let max_attempts = self.options.max_attempts;
+        let buried = outbox::bury_exhausted(&self.db, now, max_attempts)
+            .await
+            .context("burying mail out of attempts")?;
+        if buried > 0 {
+            tracing::error!(
+                jobs = buried,
+                max_attempts,
+                "mail out of attempts with no outcome recorded; dead letters"
+            );
+        }
         let lease_until = now.saturating_add(duration_millis(self.options.lease));
-        let jobs = outbox::claim_due(&self.db, now, lease_until, self.options.batch_size)
+        let batch = self.options.batch_size;
+        let jobs = outbox::claim_due(&self.db, now, lease_until, batch, max_attempts)
             .await
             .context("claiming due mail")?;
         let claimed = jobs.len();
@@ -150,10 +183,12 @@ impl MailWorker {
     /// Delivers one job and records how it went, inside the job's span.
     async fn process(&self, job: MailJob) {
         let recipient = mask(&job.recipient);
+        // Delivery records the kind once it knows it: a sign-up may turn
+        // out to be "already registered".
         let span = tracing::info_span!(
             "mail_job",
             job = job.id,
-            kind = %job.kind.to_value(),
+            kind = tracing::field::Empty,
             to = %recipient,
         );
         async {
@@ -162,11 +197,13 @@ impl MailWorker {
                 Ok(Some(wait)) => {
                     tracing::warn!(retry_in = ?wait, "global mail limit reached; mail waits in the outbox");
                     let until = self.clock.now_millis().saturating_add(duration_millis(wait));
-                    if let Err(error) = outbox::postpone(&self.db, job.id, until)
+                    match outbox::postpone(&self.db, &job, until)
                         .await
                         .context("postponing the job")
                     {
-                        tracing::warn!(error = format!("{:#}", anyhow::Error::new(error)), "the lease will bring the job back");
+                        Ok(true) => {}
+                        Ok(false) => lease_lost(),
+                        Err(error) => tracing::warn!(error = format!("{:#}", anyhow::Error::new(error)), "the lease will bring the job back"),
                     }
                     return;
                 }
@@ -219,17 +256,25 @@ impl MailWorker {
     ) -> Result<(), StoreFailure> {
         let now = self.clock.now_millis();
         let error = match result {
-            Ok(Outcome::Sent { request_id }) => {
+            Ok(Outcome::Sent { request_id, kind }) => {
                 tracing::info!("mail accepted for delivery");
                 return self
-                    .record_sent(job, request_id.as_deref(), recipient, now)
+                    .record_sent(job, request_id.as_deref(), kind, recipient, now)
                     .await;
             }
             Ok(Outcome::Skipped(reason)) => {
                 tracing::info!(reason, "no mail to send");
-                return outbox::finish(&self.db, job.id, MailStatus::Skipped, now)
+                let written = outbox::finish(&self.db, job, MailStatus::Skipped, job.kind, now)
                     .await
-                    .context("marking the job skipped");
+                    .context("marking the job skipped")?;
+                if !written {
+                    lease_lost();
+                }
+                return Ok(());
+            }
+            Err(DeliveryError::LeaseLost) => {
+                lease_lost();
+                return Ok(());
             }
             Err(error) => error,
         };
@@ -241,35 +286,48 @@ impl MailWorker {
             recipient,
         );
         let attempts = u32::try_from(job.attempts).unwrap_or(u32::MAX);
-        if permanent {
-            tracing::error!(%error, "mail failed permanently; dead letter");
-        } else if attempts >= self.options.max_attempts {
-            tracing::error!(attempts, %error, "mail failed too often; dead letter");
+        let written = if permanent || attempts >= self.options.max_attempts {
+            if permanent {
+                tracing::error!(%error, "mail failed permanently; dead letter");
+            } else {
+                tracing::error!(attempts, %error, "mail failed too often; dead letter");
+            }
+            outbox::bury(&self.db, job, &error)
+                .await
+                .context("burying the job")?
         } else {
-            let delay = backoff(attempts);
+            let delay = backoff::delay(attempts, self.options.backoff_max);
             tracing::warn!(attempts, retry_in = ?delay, %error, "mail failed; will retry");
             let next_attempt_at = now.saturating_add(duration_millis(delay));
-            return outbox::retry_later(&self.db, job.id, next_attempt_at, &error)
+            outbox::retry_later(&self.db, job, next_attempt_at, &error)
                 .await
-                .context("scheduling the retry");
+                .context("scheduling the retry")?
+        };
+        if !written {
+            lease_lost();
         }
-        outbox::bury(&self.db, job.id, &error)
-            .await
-            .context("burying the job")
+        Ok(())
     }
 
+    /// Marks the job sent and audits it, in one transaction; neither
+    /// happens when the lease was lost (the new holder sends and audits).
     async fn record_sent(
         &self,
         job: &MailJob,
         request_id: Option<&str>,
+        kind: MailKind,
         recipient: &str,
         now: i64,
     ) -> Result<(), StoreFailure> {
         let tx = self.db.begin().await.context("starting a transaction")?;
-        outbox::finish(&tx, job.id, MailStatus::Sent, now)
+        let written = outbox::finish(&tx, job, MailStatus::Sent, kind, now)
             .await
             .context("marking the job sent")?;
-        let kind = job.kind.to_value();
+        if !written {
+            lease_lost();
+            return tx.rollback().await.context("rolling back");
+        }
+        let kind = kind.to_value();
         audit::record(
             &tx,
             AuditKind::Mailed,
@@ -285,6 +343,12 @@ impl MailWorker {
         .context("auditing the sent mail")?;
         tx.commit().await.context("committing the sent mail")
     }
+}
+
+/// Logs that this worker's lease on the job lapsed and its outcome was not
+/// recorded: another worker holds the job, or it was buried meanwhile.
+fn lease_lost() {
+    tracing::warn!("lease lost before the outcome was recorded; another worker owns the job now");
 }
 
 /// Replaces every occurrence of `address` in `text`, in any letter case.
@@ -306,33 +370,13 @@ fn mask_address_in(text: &str, address: &str, masked: &str) -> String {
     out
 }
 
-/// Exponential backoff with jitter: 2s, 4s, 8s … capped at 30 min, each
-/// drawn from the upper half so replicas do not retry in lockstep.
-fn backoff(attempts: u32) -> Duration {
-    let exponent = attempts.saturating_sub(1).min(20);
-    let ceiling = BACKOFF_BASE.saturating_mul(1 << exponent).min(BACKOFF_MAX);
-    let half = ceiling / 2;
-    half + half.mul_f64(rand::random::<f64>())
+fn whole_seconds(duration: Duration) -> Duration {
+    Duration::from_secs(duration.as_secs())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        for attempts in 1..30 {
-            let delay = backoff(attempts);
-            let ceiling = BACKOFF_BASE
-                .saturating_mul(1 << attempts.saturating_sub(1).min(20))
-                .min(BACKOFF_MAX);
-            assert!(
-                delay >= ceiling / 2 && delay <= ceiling,
-                "{attempts}: {delay:?}"
-            );
-        }
-        assert!(backoff(30) <= BACKOFF_MAX);
-    }
 
     #[test]
     fn addresses_in_relay_errors_are_masked_in_any_case() {

@@ -37,6 +37,10 @@ pub enum MailKind {
     Reset,
     #[sea_orm(string_value = "sign_up")]
     SignUp,
+    /// A sign-up for an address that already has an account: the mail
+    /// offers a reset instead. Known only once the worker has looked.
+    #[sea_orm(string_value = "already_registered")]
+    AlreadyRegistered,
     #[sea_orm(string_value = "password_changed")]
     PasswordChanged,
 }
@@ -163,6 +167,8 @@ pub mod mail_outbox {
         pub attempts: i32,
         pub next_attempt_at: i64,
         pub locked_until: Option<i64>,
+        /// Stamped by each claim; every later write must match it.
+        pub lease_token: Option<String>,
         pub last_error: Option<String>,
         pub created_at: i64,
         pub sent_at: Option<i64>,

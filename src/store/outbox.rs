@@ -1,7 +1,10 @@
 //! The transactional mail outbox. A job is written in the same transaction
 //! as the state change it belongs to and claimed by a mail worker with a
-//! lease, so a crash mid-send only delays it. Jobs carry intent, never
-//! tokens or links: the worker mints those at send time.
+//! lease, so a crash mid-send only delays it. Each claim stamps its jobs with
+//! a fresh lease token and every later write matches it (a fenced lease), so
+//! a worker whose lease lapsed cannot overwrite the outcome of the next one.
+//! Jobs carry intent, never tokens or links: the worker mints those at send
+//! time.
 
 use sea_orm::{
     ActiveValue::NotSet,
@@ -65,6 +68,7 @@ pub async fn enqueue(
         attempts: Set(0),
         next_attempt_at: Set(now),
         locked_until: Set(None),
+        lease_token: Set(None),
         last_error: Set(None),
         created_at: Set(now),
         sent_at: Set(None),
@@ -78,21 +82,60 @@ pub fn intent(job: &MailJob) -> Result<MailIntent, StoreError> {
     Ok(serde_json::from_str(&job.payload)?)
 }
 
-/// Claims up to `batch` due jobs until `lease_until`, counting an attempt on
-/// each. One statement: `FOR UPDATE SKIP LOCKED` on PostgreSQL so replicas
-/// never claim the same row; SQLite serializes writers, so its single
-/// conditional `UPDATE … RETURNING` is atomic as it is.
+/// The `last_error` of a job buried because the lease of its last attempt
+/// ran out: it may or may not have been sent.
+pub const LEASE_LAPSED: &str =
+    "no attempt left: the last attempt's lease ran out before its outcome was recorded";
+
+/// Buries the pending jobs that have no attempt left and that no worker
+/// holds: those whose last attempt's lease ran out (the outcome is unknown,
+/// so they are not sent again), and those left over when the limit was
+/// lowered (their last error stays). Returns how many.
+pub async fn bury_exhausted(
+    db: &impl ConnectionTrait,
+    now: i64,
+    max_attempts: u32,
+) -> Result<u64, StoreError> {
+    let max = i32::try_from(max_attempts).unwrap_or(i32::MAX);
+    let dead = || {
+        Entity::update_many()
+            .col_expr(Column::Status, Expr::value(MailStatus::Dead))
+            .col_expr(Column::LockedUntil, Expr::value(Option::<i64>::None))
+            .col_expr(Column::LeaseToken, Expr::value(Option::<String>::None))
+            .filter(Column::Status.eq(MailStatus::Pending))
+            .filter(Column::Attempts.gte(max))
+    };
+    let lapsed = dead()
+        .col_expr(Column::LastError, Expr::value(LEASE_LAPSED))
+        .filter(Column::LockedUntil.lte(now))
+        .exec(db)
+        .await?;
+    let spent = dead()
+        .filter(Column::LockedUntil.is_null())
+        .exec(db)
+        .await?;
+    Ok(lapsed.rows_affected + spent.rows_affected)
+}
+
+/// Claims up to `batch` due jobs that have attempts left, until
+/// `lease_until`, counting an attempt on each and stamping them with a
+/// fresh lease token that every later write must match. One statement:
+/// `FOR UPDATE SKIP LOCKED` on PostgreSQL so replicas never claim the same
+/// row; SQLite serializes writers, so its single conditional
+/// `UPDATE … RETURNING` is atomic as it is.
 pub async fn claim_due(
     db: &impl ConnectionTrait,
     now: i64,
     lease_until: i64,
     batch: u64,
+    max_attempts: u32,
 ) -> Result<Vec<MailJob>, StoreError> {
     let due = Query::select()
         .column(Column::Id)
         .from(Entity)
         .and_where(Column::Status.eq(MailStatus::Pending))
         .and_where(Column::NextAttemptAt.lte(now))
+        .and_where(Column::Attempts.lt(i32::try_from(max_attempts).unwrap_or(i32::MAX)))
         .and_where(
             Expr::col(Column::LockedUntil)
                 .is_null()
@@ -104,86 +147,116 @@ pub async fn claim_due(
         .to_owned();
     Ok(Entity::update_many()
         .col_expr(Column::LockedUntil, Expr::value(lease_until))
+        .col_expr(
+            Column::LeaseToken,
+            Expr::value(uuid::Uuid::new_v4().to_string()),
+        )
         .col_expr(Column::Attempts, Expr::col(Column::Attempts).add(1))
         .filter(Column::Id.in_subquery(due))
         .exec_with_returning(db)
         .await?)
 }
 
-/// Links a job to the request it opened, so a retry reuses that request.
+/// Links a claimed job to the request it opened, so a retry reuses that
+/// request, and records the kind of mail that request calls for. False,
+/// and nothing written, when the job's lease was lost.
 pub async fn set_request(
     db: &impl ConnectionTrait,
-    job_id: i64,
+    job: &MailJob,
     request_id: &str,
-) -> Result<(), StoreError> {
-    Entity::update_many()
+    kind: MailKind,
+) -> Result<bool, StoreError> {
+    let update = Entity::update_many()
         .col_expr(Column::RequestId, Expr::value(request_id))
-        .filter(Column::Id.eq(job_id))
-        .exec(db)
-        .await?;
-    Ok(())
+        .col_expr(Column::Kind, Expr::value(kind));
+    fenced(db, job, update).await
 }
 
-/// Ends a job: [`MailStatus::Sent`] or [`MailStatus::Skipped`].
+/// Ends a claimed job: [`MailStatus::Sent`] or [`MailStatus::Skipped`], as
+/// the `kind` of mail it turned out to be.
 pub async fn finish(
     db: &impl ConnectionTrait,
-    job_id: i64,
+    job: &MailJob,
     status: MailStatus,
+    kind: MailKind,
     now: i64,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let outcome = Entity::update_many()
         .col_expr(Column::Status, Expr::value(status))
+        .col_expr(Column::Kind, Expr::value(kind))
         .col_expr(Column::SentAt, Expr::value(now))
         .col_expr(Column::LastError, Expr::value(Option::<String>::None));
-    release(db, job_id, outcome).await
+    release(db, job, outcome).await
 }
 
-/// Schedules another attempt.
+/// Schedules another attempt of a claimed job.
 pub async fn retry_later(
     db: &impl ConnectionTrait,
-    job_id: i64,
+    job: &MailJob,
     next_attempt_at: i64,
     error: &str,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let outcome = Entity::update_many()
         .col_expr(Column::NextAttemptAt, Expr::value(next_attempt_at))
         .col_expr(Column::LastError, Expr::value(error));
-    release(db, job_id, outcome).await
+    release(db, job, outcome).await
 }
 
 /// Puts a claimed job back untried until `next_attempt_at`: the claim's
 /// attempt does not count.
 pub async fn postpone(
     db: &impl ConnectionTrait,
-    job_id: i64,
+    job: &MailJob,
     next_attempt_at: i64,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let outcome = Entity::update_many()
         .col_expr(Column::NextAttemptAt, Expr::value(next_attempt_at))
         .col_expr(Column::Attempts, Expr::col(Column::Attempts).sub(1));
-    release(db, job_id, outcome).await
+    release(db, job, outcome).await
 }
 
-/// Gives up on a job; it stays visible as a dead letter.
-pub async fn bury(db: &impl ConnectionTrait, job_id: i64, error: &str) -> Result<(), StoreError> {
+/// Gives up on a claimed job; it stays visible as a dead letter.
+pub async fn bury(
+    db: &impl ConnectionTrait,
+    job: &MailJob,
+    error: &str,
+) -> Result<bool, StoreError> {
     let outcome = Entity::update_many()
         .col_expr(Column::Status, Expr::value(MailStatus::Dead))
         .col_expr(Column::LastError, Expr::value(error));
-    release(db, job_id, outcome).await
+    release(db, job, outcome).await
 }
 
-/// Writes an attempt's outcome and releases the job's lease.
+/// Writes an attempt's outcome and releases the job's lease, if the lease
+/// is still the one `job` was claimed with. False when it was lost.
 async fn release(
     db: &impl ConnectionTrait,
-    job_id: i64,
+    job: &MailJob,
     outcome: UpdateMany<Entity>,
-) -> Result<(), StoreError> {
-    outcome
+) -> Result<bool, StoreError> {
+    let outcome = outcome
         .col_expr(Column::LockedUntil, Expr::value(Option::<i64>::None))
-        .filter(Column::Id.eq(job_id))
+        .col_expr(Column::LeaseToken, Expr::value(Option::<String>::None));
+    fenced(db, job, outcome).await
+}
+
+/// Runs `update` on `job`'s row only while it holds the lease it was
+/// claimed with: a lease that lapsed and was claimed again, or whose job
+/// was buried meanwhile, no longer matches. True when the row was written.
+async fn fenced(
+    db: &impl ConnectionTrait,
+    job: &MailJob,
+    update: UpdateMany<Entity>,
+) -> Result<bool, StoreError> {
+    let Some(token) = job.lease_token.as_deref() else {
+        return Ok(false);
+    };
+    let result = update
+        .filter(Column::Id.eq(job.id))
+        .filter(Column::LeaseToken.eq(token))
         .exec(db)
         .await?;
-    Ok(())
+    Ok(result.rows_affected == 1)
 }
 
 /// Earliest time a pending job falls due, to sleep until then.

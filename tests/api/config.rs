@@ -7,27 +7,27 @@ use std::{path::Path, process::Output};
 use crate::helpers::{RESET_PAGE, SmtpSink};
 
 /// A directory to run in (the default `./var` lands there) and a database in it.
-struct Run {
+pub(crate) struct Run {
     dir: tempfile::TempDir,
 }
 
 impl Run {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             dir: tempfile::tempdir().unwrap(),
         }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    fn database_url(&self) -> String {
+    pub(crate) fn database_url(&self) -> String {
         format!("sqlite://{}/x.db?mode=rwc", self.path().display())
     }
 
     /// `rekey ARGS` with PATH and `vars` alone in its environment.
-    fn rekey(&self, args: &[&str], vars: &[(&str, &str)]) -> Outcome {
+    pub(crate) fn rekey(&self, args: &[&str], vars: &[(&str, &str)]) -> Outcome {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
             .args(args)
             .env_clear()
@@ -41,10 +41,10 @@ impl Run {
 }
 
 #[derive(Debug)]
-struct Outcome {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Outcome {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl From<Output> for Outcome {
@@ -58,7 +58,7 @@ impl From<Output> for Outcome {
 }
 
 impl Outcome {
-    fn everything(&self) -> String {
+    pub(crate) fn everything(&self) -> String {
         format!("{}{}", self.stdout, self.stderr)
     }
 }
@@ -98,7 +98,8 @@ fn every_unknown_variable_is_named_and_a_file_variable_for_a_non_secret_is_expla
         "rekey: invalid configuration: 2 unknown settings:\n  \
          REKEY_FROBNICATE: unknown setting\n  \
          REKEY_LISTEN_FILE: unknown setting; only secrets are read from files \
-         (REKEY_DATABASE_URL_FILE, REKEY_SMTP_URL_FILE, REKEY_API_KEYS_FILE); set REKEY_LISTEN instead\n"
+         (REKEY_DATABASE_URL_FILE, REKEY_SMTP_URL_FILE, REKEY_SMTP_PASSWORD_FILE, \
+         REKEY_API_KEYS_FILE); set REKEY_LISTEN instead\n"
     );
 }
 

@@ -9,6 +9,7 @@ mod constant_work;
 mod helpers;
 mod limits;
 mod mail;
+mod mail_survival;
 mod operations;
 mod protected;
 mod reset;

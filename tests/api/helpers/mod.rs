@@ -6,6 +6,7 @@ mod app;
 mod logs;
 mod postgres;
 mod smtp;
+mod smtp_auth;
 
 use std::{future::Future, time::Duration};
 
@@ -14,6 +15,7 @@ pub use logs::captured_logs;
 pub use postgres::{TestDatabase, fresh_postgres_database, postgres_url};
 #[allow(unused_imports)]
 pub use smtp::{ReceivedMail, SmtpSink};
+pub use smtp_auth::AuthSink;
 
 pub const RESET_PAGE: &str = "https://app.example.com/reset";
 pub const PASSWORD: &str = "correct horse battery staple";

@@ -50,6 +50,12 @@ impl ReceivedMail {
         )
     }
 
+    /// A header's raw value, trimmed.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let parsed = self.parsed();
+        parsed.header_raw(name).map(|value| value.trim().to_owned())
+    }
+
     /// The link in the text part.
     pub fn link(&self) -> String {
         let text = self.text();
