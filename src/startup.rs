@@ -139,6 +139,7 @@ impl App {
 
         let mail_wake = Arc::new(Notify::new());
         let links = settings.links;
+        let allowed_pages = links.allowed_reset_urls.clone();
         let ctx = ServiceContext {
             db: db.clone(),
             hasher: hasher.clone(),
@@ -154,7 +155,13 @@ impl App {
             transport,
             sender: settings.mail.sender,
         };
-        let delivery = Delivery::new(db.clone(), mailer, links.lifetimes, clock.clone());
+        let delivery = Delivery::new(
+            db.clone(),
+            mailer,
+            links.lifetimes,
+            allowed_pages,
+            clock.clone(),
+        );
         let worker = MailWorker::new(
             db.clone(),
             delivery,

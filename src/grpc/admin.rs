@@ -8,7 +8,7 @@ use super::{
 use crate::{
     domain::{Purpose, RequestState, clock::millis_between},
     service::{
-        ServiceContext, ServiceError,
+        ServiceContext,
         admin::{self, AuditQuery, MailView, PageRequest, RequestView},
     },
     store::{MailKind, MailStatus},
@@ -88,7 +88,7 @@ impl Admin for AdminService {
             pb::MailKind::Reset => Some(MailKind::Reset),
             pb::MailKind::SignUp => Some(MailKind::SignUp),
             pb::MailKind::PasswordChanged => Some(MailKind::PasswordChanged),
-            pb::MailKind::AlreadyRegistered => return Err(not_recorded_yet()),
+            pb::MailKind::AlreadyRegistered => Some(MailKind::AlreadyRegistered),
         };
         let page = PageRequest {
             page_size: message.page_size,
@@ -181,16 +181,6 @@ impl Admin for AdminService {
     }
 }
 
-/// Kinds the store does not record separately yet.
-fn not_recorded_yet() -> Status {
-    to_status(ServiceError::InvalidArgument(vec![
-        crate::domain::FieldError::new(
-            "kind",
-            "already-registered mail is listed as MAIL_KIND_SIGN_UP",
-        ),
-    ]))
-}
-
 fn request_view(view: RequestView) -> pb::AdminRequest {
     let RequestView {
         request,
@@ -232,6 +222,7 @@ fn mail_view(view: MailView) -> pb::MailJob {
             MailKind::Reset => pb::MailKind::Reset,
             MailKind::SignUp => pb::MailKind::SignUp,
             MailKind::PasswordChanged => pb::MailKind::PasswordChanged,
+            MailKind::AlreadyRegistered => pb::MailKind::AlreadyRegistered,
         }
         .into(),
         status: match job.status {

@@ -13,7 +13,8 @@ use super::{
 };
 use crate::{
     domain::{
-        Clock, EmailAddress, FieldError, Locale, Purpose, RequestState, ResetUrl, Token,
+        Clock, EmailAddress, FieldError, Locale, Purpose, RequestState, ResetUrl,
+        ResetUrlAllowList, Token,
         clock::{duration_millis, millis_between},
     },
     store::{
@@ -58,6 +59,8 @@ pub enum DeliveryError {
     Recipient(#[source] FieldError),
     #[error("the stored reset page is not valid")]
     ResetPage(#[source] FieldError),
+    #[error("the reset page is no longer on the allow-list")]
+    PageNoLongerAllowed,
     #[error("minting a token")]
     Token(#[source] rand::rand_core::OsError),
     /// The request a previous attempt opened expired before its mail went
@@ -79,7 +82,9 @@ impl DeliveryError {
             DeliveryError::Token(_) | DeliveryError::LeaseLost => false,
             DeliveryError::RequestExpired => true,
             DeliveryError::Mail(error) => error.is_permanent(),
-            DeliveryError::Recipient(_) | DeliveryError::ResetPage(_) => true,
+            DeliveryError::Recipient(_)
+            | DeliveryError::ResetPage(_)
+            | DeliveryError::PageNoLongerAllowed => true,
         }
     }
 }
@@ -90,6 +95,9 @@ pub struct Delivery {
     db: DatabaseConnection,
     mailer: Mailer,
     lifetimes: LinkLifetimes,
+    /// The pages links may point at now: a job queued before the list
+    /// changed is checked again when it is sent.
+    allowed_pages: ResetUrlAllowList,
     clock: Arc<dyn Clock>,
 }
 
@@ -98,12 +106,14 @@ impl Delivery {
         db: DatabaseConnection,
         mailer: Mailer,
         lifetimes: LinkLifetimes,
+        allowed_pages: ResetUrlAllowList,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             db,
             mailer,
             lifetimes,
+            allowed_pages,
             clock,
         }
     }
@@ -125,7 +135,7 @@ impl Delivery {
                 let Some(account) = self.active_account(&email).await? else {
                     return Ok(Outcome::Skipped("no active account"));
                 };
-                let page = parse_page(&reset_url)?;
+                let page = self.allowed_page(&reset_url)?;
                 let opened = RequestToOpen {
                     purpose: Purpose::Reset,
                     account_id: Some(&account.id),
@@ -139,7 +149,7 @@ impl Delivery {
                 locale,
                 reset_url,
             } => {
-                let page = parse_page(&reset_url)?;
+                let page = self.allowed_page(&reset_url)?;
                 let account = self.active_account(&email).await?;
                 let opened = match &account {
                     Some(account) => RequestToOpen {
@@ -314,8 +324,16 @@ fn record_kind(kind: MailKind) {
     tracing::Span::current().record("kind", tracing::field::display(kind.to_value()));
 }
 
-fn parse_page(raw: &str) -> Result<ResetUrl, DeliveryError> {
-    ResetUrl::parse("reset_url", raw).map_err(DeliveryError::ResetPage)
+impl Delivery {
+    /// The job's page, if it is still allowed.
+    fn allowed_page(&self, raw: &str) -> Result<ResetUrl, DeliveryError> {
+        let page = ResetUrl::parse("reset_url", raw).map_err(DeliveryError::ResetPage)?;
+        if self.allowed_pages.allows(&page) {
+            Ok(page)
+        } else {
+            Err(DeliveryError::PageNoLongerAllowed)
+        }
+    }
 }
 
 /// "30 minutes", "24 hours", "3 days": the nearest whole unit.

@@ -149,6 +149,10 @@ pub async fn requeue_dead(
         .col_expr(
             mail_outbox::Column::LockedUntil,
             Expr::value(Option::<i64>::None),
+        )
+        .col_expr(
+            mail_outbox::Column::LeaseToken,
+            Expr::value(Option::<String>::None),
         );
     if !keep_request {
         update = update.col_expr(

@@ -95,3 +95,51 @@ async fn two_replicas_share_the_outbox_and_mail_each_job_once(backend: Backend) 
         .unwrap();
 }
 flow_test!(two_replicas_share_the_outbox_and_mail_each_job_once);
+
+async fn a_link_to_a_page_removed_from_the_allow_list_is_not_sent(backend: Backend) {
+    use rekey::grpc::pb;
+    use std::time::Duration;
+
+    let mut app = spawn_app(backend).await;
+    // The first attempt fails, so the job is still queued when the allow-list
+    // changes.
+    app.mailbox.refuse_next(1);
+    app.reset
+        .sign_up(pb::SignUpRequest {
+            email: "jane@example.com".into(),
+            display_name: "Jane".into(),
+            reset_url: "https://other.example.com/welcome/{token}".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    crate::helpers::eventually("the first attempt to fail", || async {
+        let jobs = mail_outbox::Entity::find().all(&app.db).await.unwrap();
+        (jobs.len() == 1 && jobs[0].attempts == 1 && jobs[0].status == MailStatus::Pending)
+            .then_some(())
+    })
+    .await;
+    app.stop().await.unwrap();
+
+    // Restarted with that page no longer allowed: the retry is a dead letter.
+    let restarted = app
+        .spawn_replica_with(|f| f.merge(("allowed_reset_urls", "")))
+        .await;
+    restarted.clock.advance(Duration::from_secs(3600));
+    let dead = crate::helpers::eventually("a dead letter", || async {
+        let jobs = mail_outbox::Entity::find()
+            .all(&restarted.db)
+            .await
+            .unwrap();
+        (jobs[0].status == MailStatus::Dead).then(|| jobs[0].clone())
+    })
+    .await;
+    assert!(
+        dead.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no longer on the allow-list")),
+        "{dead:?}"
+    );
+    assert!(restarted.mailbox.to("jane@example.com").is_empty());
+}
+flow_test!(a_link_to_a_page_removed_from_the_allow_list_is_not_sent);

@@ -8,7 +8,14 @@ use crate::helpers::{Backend, spawn_app};
 async fn health_reports_liveness_and_readiness() {
     let app = spawn_app(Backend::Sqlite).await;
     let mut health = HealthClient::new(app.channel.clone());
-    for service in ["", "liveness", "readiness", "rekey.v1.PasswordReset"] {
+    for service in [
+        "",
+        "liveness",
+        "readiness",
+        "rekey.v1.PasswordReset",
+        "rekey.v1.Accounts",
+        "rekey.v1.Admin",
+    ] {
         let status = health
             .check(HealthCheckRequest {
                 service: service.into(),
@@ -51,6 +58,7 @@ async fn reflection_lists_every_service() {
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
             "rekey.v1.Accounts",
+            "rekey.v1.Admin",
             "rekey.v1.PasswordReset",
         ]
     );

@@ -83,8 +83,19 @@ pub async fn spawn_app_with(
 impl TestApp {
     /// Another server on the same database and SMTP sink: a second replica.
     pub async fn spawn_replica(&self) -> TestApp {
+        self.spawn_replica_with(|f| f).await
+    }
+
+    /// A second replica with other settings, e.g. after a configuration change.
+    pub async fn spawn_replica_with(&self, configure: impl FnOnce(Figment) -> Figment) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
-        start_app(self.database_url.clone(), self.mailbox.clone(), dir, |f| f).await
+        start_app(
+            self.database_url.clone(),
+            self.mailbox.clone(),
+            dir,
+            configure,
+        )
+        .await
     }
 }
 
