@@ -8,6 +8,7 @@ mod helpers;
 mod limits;
 mod mail;
 mod operations;
+mod password_policy;
 mod protected;
 mod reset;
 mod secrets;
