@@ -45,13 +45,14 @@ pub struct NewPassword {
 }
 
 impl NewPassword {
-    /// Normalizes `raw` (NFKC) and checks its length in code points.
+    /// Normalizes `raw` (NFKC) and checks its length in code points. `raw`
+    /// is wiped from memory when dropped.
     pub fn parse(
         field: &'static str,
-        raw: &str,
+        raw: String,
         policy: &PasswordPolicy,
     ) -> Result<Self, FieldError> {
-        let normalized = normalize(raw);
+        let normalized = normalize(SecretString::from(raw).expose_secret());
         let chars = normalized.expose_secret().chars().count();
         if chars > MAX_PASSWORD_CHARS {
             return Err(FieldError::new(
@@ -89,7 +90,7 @@ impl NewPassword {
         let lower = password.to_lowercase();
         if personal
             .iter()
-            .any(|word| word.chars().count() >= 3 && lower.contains(word.as_str()))
+            .any(|word| word.chars().count() >= 4 && lower.contains(word.as_str()))
         {
             reasons.push("It contains your name or email address.".to_owned());
         }
@@ -137,11 +138,20 @@ impl fmt::Debug for Password {
 /// (zxcvbn matches user inputs case-insensitively).
 pub fn personal_words(email: &str, display_name: &str) -> Vec<String> {
     let (local, domain) = email.rsplit_once('@').unwrap_or((email, ""));
+    // The top-level label ("com") says nothing about the user.
+    let named = domain
+        .rsplit_once('.')
+        .map_or(domain, |(named, _tld)| named);
     let mut words = Vec::new();
-    for whole in [local, domain, display_name] {
+    for (whole, parts) in [
+        (local, local),
+        (domain, named),
+        (display_name, display_name),
+    ] {
         let whole = whole.trim().to_lowercase();
         words.extend(
-            whole
+            parts
+                .to_lowercase()
                 .split(|c: char| !c.is_alphanumeric())
                 .filter(|w| w.chars().count() >= 2 && *w != whole)
                 .map(str::to_owned),
@@ -184,26 +194,26 @@ mod tests {
         policy: &PasswordPolicy,
         personal: &[String],
     ) -> Result<Password, FieldError> {
-        NewPassword::parse("p", raw, policy)?.accept(policy, personal)
+        NewPassword::parse("p", raw.to_owned(), policy)?.accept(policy, personal)
     }
 
     #[test]
     fn the_limits_are_inclusive() {
         let policy = lengths_only();
-        assert!(NewPassword::parse("p", &"a".repeat(12), &policy).is_ok());
-        assert!(NewPassword::parse("p", &"a".repeat(128), &policy).is_ok());
-        assert!(NewPassword::parse("p", &"a".repeat(11), &policy).is_err());
-        assert!(NewPassword::parse("p", &"a".repeat(129), &policy).is_err());
+        assert!(NewPassword::parse("p", "a".repeat(12), &policy).is_ok());
+        assert!(NewPassword::parse("p", "a".repeat(128), &policy).is_ok());
+        assert!(NewPassword::parse("p", "a".repeat(11), &policy).is_err());
+        assert!(NewPassword::parse("p", "a".repeat(129), &policy).is_err());
     }
 
     #[test]
     fn length_counts_code_points_not_bytes() {
         let policy = lengths_only();
-        assert!(NewPassword::parse("p", &"ü".repeat(128), &policy).is_ok());
-        assert!(NewPassword::parse("p", &"ü".repeat(129), &policy).is_err());
+        assert!(NewPassword::parse("p", "ü".repeat(128), &policy).is_ok());
+        assert!(NewPassword::parse("p", "ü".repeat(129), &policy).is_err());
         // Twelve code points of three and four bytes each.
-        assert!(NewPassword::parse("p", &"日本語🔑".repeat(3), &policy).is_ok());
-        assert!(NewPassword::parse("p", &"日本語🔑".repeat(3)[3..], &policy).is_err());
+        assert!(NewPassword::parse("p", "日本語🔑".repeat(3), &policy).is_ok());
+        assert!(NewPassword::parse("p", "日本語🔑".repeat(3)[3..].to_owned(), &policy).is_err());
     }
 
     #[test]
@@ -212,9 +222,9 @@ mod tests {
         // A decomposed "ü" is two code points, one after normalization.
         let decomposed = "u\u{308}".repeat(7);
         assert_eq!(decomposed.chars().count(), 14);
-        assert!(NewPassword::parse("p", &decomposed, &policy).is_err());
+        assert!(NewPassword::parse("p", decomposed, &policy).is_err());
         // The "ﬃ" ligature is one code point, three after normalization.
-        assert!(NewPassword::parse("p", &"\u{FB03}".repeat(4), &policy).is_ok());
+        assert!(NewPassword::parse("p", "\u{FB03}".repeat(4), &policy).is_ok());
     }
 
     #[test]
@@ -281,12 +291,12 @@ mod tests {
             "doe",
             "example.com",
             "example",
-            "com",
             "jane doe",
             "janedoe",
         ] {
             assert!(words.iter().any(|w| w == expected), "{expected}: {words:?}");
         }
+        assert!(!words.iter().any(|w| w == "com"), "{words:?}");
     }
 
     #[test]
@@ -317,7 +327,7 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_password() {
-        let new = NewPassword::parse("p", "correct horse battery", &policy()).unwrap();
+        let new = NewPassword::parse("p", "correct horse battery".into(), &policy()).unwrap();
         assert!(!format!("{new:?}").contains("horse"));
         let password = new.accept(&lengths_only(), &[]).unwrap();
         assert!(!format!("{password:?}").contains("horse"));
@@ -326,7 +336,7 @@ mod tests {
     proptest! {
         #[test]
         fn accepted_iff_within_bounds(len in 0usize..200) {
-            let accepted = NewPassword::parse("p", &"x".repeat(len), &lengths_only()).is_ok();
+            let accepted = NewPassword::parse("p", "x".repeat(len), &lengths_only()).is_ok();
             prop_assert_eq!(accepted, (12..=128).contains(&len));
         }
 

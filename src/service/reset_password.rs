@@ -42,7 +42,7 @@ pub async fn reset_password(
     }
     let password = violations.check(NewPassword::parse(
         "new_password",
-        &input.new_password,
+        input.new_password,
         &ctx.password_policy,
     ));
     violations.finish()?;
