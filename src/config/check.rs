@@ -185,10 +185,30 @@ fn mail_worker(raw: &RawSettings) -> Result<WorkerOptions, ConfigError> {
 }
 
 pub(super) fn passwords(raw: &RawSettings) -> Result<PasswordSettings, ConfigError> {
-    if !(8..=64).contains(&raw.password_min_chars) {
+    let (name, min_length) = match (raw.password_min_length, raw.password_min_chars) {
+        (Some(length), Some(chars)) if length != chars => {
+            return Err(invalid(
+                "REKEY_PASSWORD_MIN_LENGTH / REKEY_PASSWORD_MIN_CHARS",
+                format!(
+                    "disagree ({length} and {chars}); REKEY_PASSWORD_MIN_CHARS is an older \
+                     name of REKEY_PASSWORD_MIN_LENGTH: set only that one"
+                ),
+            ));
+        }
+        (Some(length), _) => ("REKEY_PASSWORD_MIN_LENGTH", length),
+        (None, Some(chars)) => ("REKEY_PASSWORD_MIN_CHARS", chars),
+        (None, None) => (
+            "REKEY_PASSWORD_MIN_LENGTH",
+            PasswordPolicy::default().min_length,
+        ),
+    };
+    if !(8..=64).contains(&min_length) {
+        return Err(invalid(name, "must be between 8 and 64"));
+    }
+    if raw.password_min_score > 4 {
         return Err(invalid(
-            "REKEY_PASSWORD_MIN_CHARS",
-            "must be between 8 and 64",
+            "REKEY_PASSWORD_MIN_SCORE",
+            "must be a zxcvbn score from 0 (no check) to 4 (strictest)",
         ));
     }
     let argon2 = argon2::Params::new(
@@ -206,7 +226,8 @@ pub(super) fn passwords(raw: &RawSettings) -> Result<PasswordSettings, ConfigErr
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     Ok(PasswordSettings {
         policy: PasswordPolicy {
-            min_chars: raw.password_min_chars,
+            min_length,
+            min_score: raw.password_min_score,
         },
         argon2,
         hash_concurrency: match raw.hash_concurrency {

@@ -315,6 +315,36 @@ mod tests {
     }
 
     #[test]
+    fn the_password_policy_defaults_to_nist_and_zxcvbn_3() {
+        let policy = Settings::from_figment(base()).unwrap().passwords.policy;
+        assert_eq!((policy.min_length, policy.min_score), (12, 3));
+    }
+
+    #[test]
+    fn password_min_chars_is_an_alias_of_password_min_length() {
+        let min_length = |figment: Figment| {
+            Settings::from_figment(figment)
+                .map(|s| s.passwords.policy.min_length)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            min_length(base().merge(("password_min_length", 16))),
+            Ok(16)
+        );
+        assert_eq!(min_length(base().merge(("password_min_chars", 14))), Ok(14));
+        let both = base()
+            .merge(("password_min_length", 16))
+            .merge(("password_min_chars", 16));
+        assert_eq!(min_length(both), Ok(16));
+        let clash = base()
+            .merge(("password_min_length", 16))
+            .merge(("password_min_chars", 14));
+        let err = min_length(clash).unwrap_err();
+        assert!(err.contains("REKEY_PASSWORD_MIN_LENGTH"), "{err}");
+        assert!(err.contains("REKEY_PASSWORD_MIN_CHARS"), "{err}");
+    }
+
+    #[test]
     fn allowed_urls_accept_a_comma_separated_string() {
         let settings = Settings::from_figment(base().merge((
             "allowed_reset_urls",
@@ -367,7 +397,7 @@ mod tests {
 
     #[test]
     fn nonsense_values_are_rejected_naming_the_setting() {
-        let cases: [(&str, figment::value::Value, &str); 12] = [
+        let cases: [(&str, figment::value::Value, &str); 14] = [
             ("reset_token_ttl", "1s".into(), "REKEY_RESET_TOKEN_TTL"),
             (
                 "signup_token_ttl",
@@ -384,6 +414,12 @@ mod tests {
                 "REKEY_SMTP_URL",
             ),
             ("password_min_chars", 4.into(), "REKEY_PASSWORD_MIN_CHARS"),
+            (
+                "password_min_length",
+                65.into(),
+                "REKEY_PASSWORD_MIN_LENGTH",
+            ),
+            ("password_min_score", 5.into(), "REKEY_PASSWORD_MIN_SCORE"),
             ("argon2_memory_kib", 1.into(), "REKEY_ARGON2_*"),
             ("mail_lease", "1s".into(), "REKEY_MAIL_LEASE"),
             ("mail_backoff_max", "0s".into(), "REKEY_MAIL_BACKOFF_MAX"),

@@ -55,7 +55,11 @@ pub(super) struct RawSettings {
     pub reset_token_ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub signup_token_ttl: Duration,
-    pub password_min_chars: usize,
+    /// Unset unless given, so that a clash with the alias can be told.
+    pub password_min_length: Option<usize>,
+    /// The older name of `password_min_length`.
+    pub password_min_chars: Option<usize>,
+    pub password_min_score: u8,
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
@@ -117,7 +121,9 @@ impl Default for RawSettings {
             allowed_reset_urls: Vec::new(),
             reset_token_ttl: Duration::from_secs(30 * 60),
             signup_token_ttl: Duration::from_secs(24 * 60 * 60),
-            password_min_chars: PasswordPolicy::default().min_chars,
+            password_min_length: None,
+            password_min_chars: None,
+            password_min_score: PasswordPolicy::default().min_score,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             argon2_parallelism: 1,

@@ -19,7 +19,7 @@ pub use clock::{AdjustableClock, Clock, SystemClock};
 pub use display_name::DisplayName;
 pub use email::{EmailAddress, mask};
 pub use locale::Locale;
-pub use password::{Password, PasswordPolicy};
+pub use password::{NewPassword, Password, PasswordPolicy};
 pub use purpose::Purpose;
 pub use rate_limit::RateLimit;
 pub use request_state::RequestState;

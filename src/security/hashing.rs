@@ -83,8 +83,10 @@ impl PasswordHasher {
     pub async fn hash(&self, password: &str) -> Result<String, HashError> {
         let password = SecretString::from(password);
         let argon = self.argon.clone();
-        self.run(move || hash_blocking(&argon, password.expose_secret()))
-            .await
+        self.run(true, move || {
+            hash_blocking(&argon, password.expose_secret())
+        })
+        .await
     }
 
     /// Checks `password` against `stored`, or against a dummy hash when there
@@ -94,18 +96,41 @@ impl PasswordHasher {
         stored: Option<String>,
         password: &str,
     ) -> Result<Verification, HashError> {
+        self.verify_with_fallback(stored, password, None).await
+    }
+
+    /// As [`Self::verify`], then, if that fails, with `fallback` (the form a
+    /// password had before it was normalized), in the same pool slot. The
+    /// second check depends only on the inputs, never on whether the account
+    /// exists. A fallback match is rehashed from `password`, so the stored
+    /// hash moves to the normalized form.
+    pub async fn verify_with_fallback(
+        &self,
+        stored: Option<String>,
+        password: &str,
+        fallback: Option<&str>,
+    ) -> Result<Verification, HashError> {
         let password = SecretString::from(password);
+        let fallback = fallback.map(SecretString::from);
         let argon = self.argon.clone();
         let dummy = self.dummy_hash.clone();
-        self.run(move || {
+        self.run(true, move || {
             let is_real = stored.is_some();
             let stored = stored.as_deref().unwrap_or(&dummy);
             let parsed = PasswordHash::new(stored).map_err(HashError::Argon2)?;
-            let matched = argon
-                .verify_password(password.expose_secret().as_bytes(), &parsed)
-                .is_ok()
-                && is_real;
-            let rehashed = if matched && !uses_current_params(&argon, &parsed) {
+            let matches = |candidate: &SecretString| {
+                argon
+                    .verify_password(candidate.expose_secret().as_bytes(), &parsed)
+                    .is_ok()
+            };
+            let mut outdated = !uses_current_params(&argon, &parsed);
+            let mut matched = matches(&password);
+            if let (false, Some(fallback)) = (matched, &fallback) {
+                matched = matches(fallback);
+                outdated = true;
+            }
+            let matched = matched && is_real;
+            let rehashed = if matched && outdated {
                 Some(hash_blocking(&argon, password.expose_secret())?)
             } else {
                 None
@@ -115,11 +140,21 @@ impl PasswordHasher {
         .await
     }
 
+    /// Runs other CPU-heavy password work (a strength estimate) under the
+    /// same bounds as hashing. Not counted in [`Self::completed`].
+    pub async fn run_bounded<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        self.run(false, move || Ok(work())).await
+    }
+
     /// Runs `work` on a blocking thread once admitted. The permits travel
     /// with the work, so a caller that gives up (deadline, reset stream)
     /// does not free a slot while its hash still runs.
     async fn run<T: Send + 'static>(
         &self,
+        counted: bool,
         work: impl FnOnce() -> Result<T, HashError> + Send + 'static,
     ) -> Result<T, HashError> {
         let admitted = self
@@ -137,7 +172,9 @@ impl PasswordHasher {
         tokio::task::spawn_blocking(move || {
             let _permits = (admitted, running);
             let result = work();
-            completed.fetch_add(1, Ordering::Relaxed);
+            if counted {
+                completed.fetch_add(1, Ordering::Relaxed);
+            }
             result
         })
         .await
@@ -215,6 +252,45 @@ mod tests {
             .unwrap();
         let rehashed = result.rehashed.unwrap();
         assert!(rehashed.starts_with("$argon2id$v=19$m=2048,"));
+    }
+
+    #[tokio::test]
+    async fn a_fallback_match_is_rehashed_from_the_primary_form() {
+        let hasher = pool(1024);
+        let legacy = hasher.hash("cafe\u{301} au lait please").await.unwrap();
+        let normalized = "caf\u{e9} au lait please";
+        assert!(
+            !hasher
+                .verify(Some(legacy.clone()), normalized)
+                .await
+                .unwrap()
+                .matched
+        );
+        let result = hasher
+            .verify_with_fallback(Some(legacy), normalized, Some("cafe\u{301} au lait please"))
+            .await
+            .unwrap();
+        assert!(result.matched);
+        let rehashed = result.rehashed.unwrap();
+        assert!(
+            hasher
+                .verify(Some(rehashed), normalized)
+                .await
+                .unwrap()
+                .matched
+        );
+        let unknown = hasher
+            .verify_with_fallback(None, normalized, Some("cafe\u{301} au lait please"))
+            .await
+            .unwrap();
+        assert!(!unknown.matched);
+    }
+
+    #[tokio::test]
+    async fn bounded_work_is_not_counted_as_a_hash() {
+        let hasher = pool(1024);
+        assert_eq!(hasher.run_bounded(|| 2 + 2).await.unwrap(), 4);
+        assert_eq!(hasher.completed(), 0);
     }
 
     #[tokio::test]

@@ -1,13 +1,18 @@
 //! `Authenticate`: checks an email and password. Unknown accounts are checked
 //! against a dummy hash, so both failures cost the same and look the same.
 
+use secrecy::ExposeSecret;
+
 use super::{
     ServiceContext, ServiceError, Violations,
     limits::{self, Refused},
     validated_field_missing,
 };
 use crate::{
-    domain::{ClientContext, EmailAddress, FieldError, password::MAX_PASSWORD_CHARS},
+    domain::{
+        ClientContext, EmailAddress, FieldError,
+        password::{self, MAX_PASSWORD_CHARS},
+    },
     store::{
         AuditKind, StoreContext, accounts,
         audit::{self, AuditEvent},
@@ -47,11 +52,13 @@ pub async fn authenticate(
         &input.client_ip,
         &input.client_user_agent,
     ));
-    if input.password.is_empty() {
+    // Passwords are stored in NFKC form; see `password::normalize`.
+    let password = password::normalize(&input.password);
+    if password.expose_secret().is_empty() {
         violations
             .0
             .push(FieldError::new("password", "is required"));
-    } else if input.password.chars().count() > MAX_PASSWORD_CHARS {
+    } else if password.expose_secret().chars().count() > MAX_PASSWORD_CHARS {
         // No stored password is this long; refuse before hashing it.
         violations.0.push(FieldError::new(
             "password",
@@ -78,7 +85,14 @@ pub async fn authenticate(
         .await
         .context("finding the account by email")?;
     let stored_hash = account.as_ref().map(|a| a.password_hash.clone());
-    let verification = ctx.hasher.verify(stored_hash, &input.password).await?;
+    // A password set before normalization was hashed as typed: try that
+    // form too, and store the normalized one if it matches.
+    let as_typed =
+        (input.password.as_str() != password.expose_secret()).then_some(input.password.as_str());
+    let verification = ctx
+        .hasher
+        .verify_with_fallback(stored_hash, password.expose_secret(), as_typed)
+        .await?;
 
     let account = match account {
         Some(account) if verification.matched => account,

@@ -8,7 +8,7 @@ use super::{
     verify_token::{problem, usable_request},
 };
 use crate::{
-    domain::{FieldError, Password, Purpose, RequestState, mask},
+    domain::{FieldError, NewPassword, Purpose, RequestState, mask, password::personal_words},
     store::{
         AuditKind, StoreContext, StoreFailure, accounts,
         audit::{self, AuditEvent},
@@ -40,7 +40,7 @@ pub async fn reset_password(
     if input.token.trim().is_empty() {
         violations.0.push(FieldError::new("token", "is required"));
     }
-    let password = violations.check(Password::parse(
+    let password = violations.check(NewPassword::parse(
         "new_password",
         input.new_password,
         &ctx.password_policy,
@@ -48,8 +48,17 @@ pub async fn reset_password(
     violations.finish()?;
     let password = password.ok_or_else(validated_field_missing)?;
 
-    // Cheap rejection before the expensive hash; the consume below decides.
+    // Cheap rejection before the expensive work; the consume below decides.
     let request = usable_request(ctx, &input.token, ctx.clock.now_millis()).await?;
+    // Guessability needs whom the password is for: the request's address
+    // and name (the account's, for a reset).
+    let personal = personal_words(&request.email, &request.display_name);
+    let policy = ctx.password_policy;
+    let password = ctx
+        .hasher
+        .run_bounded(move || password.accept(&policy, &personal))
+        .await?
+        .map_err(|violation| ServiceError::InvalidArgument(vec![violation]))?;
     let password_hash = ctx.hasher.hash(password.expose()).await?;
 
     let now = ctx.clock.now_millis();

@@ -11,6 +11,7 @@ mod limits;
 mod mail;
 mod mail_survival;
 mod operations;
+mod password_policy;
 mod protected;
 mod reset;
 mod retention;

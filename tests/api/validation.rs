@@ -112,8 +112,15 @@ async fn passwords_over_128_characters_are_refused_before_hashing(backend: Backe
     let status = app.reset_password("", PASSWORD).await.unwrap_err();
     assert_eq!(violated_fields(&status), ["token"]);
 
-    // The refusals did not use the token; exactly 128 characters is allowed.
-    let longest = "ü".repeat(128);
+    // The refusals did not use the token; exactly 128 characters (code
+    // points, not bytes) is allowed.
+    let longest: String = "Grüße aus München, wo Bären über Brücken tanzen und Füchse im \
+                           Mondschein Äpfel zählen; während Eulen Lieder für Möwen summen, \
+                           blüht Klee"
+        .chars()
+        .take(128)
+        .collect();
+    assert_eq!((longest.chars().count(), longest.len()), (128, 140));
     app.reset_password(&token, &longest).await.unwrap();
     app.authenticate("jane@example.com", &longest)
         .await
