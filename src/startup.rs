@@ -65,6 +65,7 @@ pub struct App {
     worker: MailWorker,
     health_check_interval: Duration,
     shutdown_grace: Duration,
+    shutdown_delay: Duration,
     retention: RetentionPolicy,
     clock: Arc<dyn Clock>,
 }
@@ -117,7 +118,8 @@ impl App {
         if let Some(observer) = on_statement {
             db.set_metric_callback(move |info| observer(info));
         }
-        store::migrate(&db).await.context("applying migrations")?;
+        let migrations_applied = store::migrate(&db).await.context("applying migrations")?;
+        log_start(&settings, migrations_applied);
 
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -198,6 +200,7 @@ impl App {
             worker,
             health_check_interval: settings.health_check_interval,
             shutdown_grace: settings.shutdown_grace,
+            shutdown_delay: settings.shutdown_delay,
             retention: settings.retention,
             clock,
         })
@@ -235,10 +238,19 @@ impl App {
             worker,
             health_check_interval,
             shutdown_grace: grace,
+            shutdown_delay,
             retention,
             clock,
             ..
         } = self;
+        // Readiness follows `shutdown` at once; serving stops `shutdown_delay`
+        // later, once load balancers have stopped sending calls here.
+        let stop_serving = CancellationToken::new();
+        tokio::spawn(stop_serving_after_delay(
+            shutdown.clone(),
+            stop_serving.clone(),
+            shutdown_delay,
+        ));
         health
             .set_service_status("liveness", ServingStatus::Serving)
             .await;
@@ -255,30 +267,35 @@ impl App {
             health_check_interval,
             shutdown.clone(),
         ));
-        let worker = tokio::spawn(worker.run(shutdown.clone()));
+        let worker = tokio::spawn(worker.run(stop_serving.clone()));
         if let Some(health_port) = health_port {
-            tokio::spawn(serve_health(health_port, health_service, shutdown.clone()));
+            tokio::spawn(serve_health(
+                health_port,
+                health_service,
+                stop_serving.clone(),
+            ));
         }
         let addr = listener.local_addr()?;
         let (acceptor, handshake_timeout) = match tls {
             Some(tls) => {
                 let acceptor =
-                    ReloadingAcceptor::watch(tls.files, tls.reload_interval, shutdown.clone())
+                    ReloadingAcceptor::watch(tls.files, tls.reload_interval, stop_serving.clone())
                         .context("loading the TLS certificate")?;
                 (Some(acceptor), tls.handshake_timeout)
             }
             None => (None, Duration::ZERO),
         };
         tracing::info!(%addr, tls = acceptor.is_some(), "rekey listening");
-        let incoming = incoming::accept(listener, acceptor, handshake_timeout, shutdown.clone());
+        let incoming =
+            incoming::accept(listener, acceptor, handshake_timeout, stop_serving.clone());
 
         let server = router.serve_with_incoming_shutdown(incoming, async {
-            shutdown.cancelled().await;
+            stop_serving.cancelled().await;
             tracing::info!("shutting down: no new calls, finishing those in flight");
         });
         // Long-lived streams (health Watch) would hold the drain open forever.
         let drain_deadline = async {
-            shutdown.cancelled().await;
+            stop_serving.cancelled().await;
             tokio::time::sleep(grace).await;
         };
         let served = tokio::select! {
@@ -290,6 +307,7 @@ impl App {
         };
         // Whatever ended the server, stop the worker after its current batch.
         shutdown.cancel();
+        stop_serving.cancel();
         match tokio::time::timeout(grace, worker).await {
             Ok(finished) => finished.context("mail worker")?,
             Err(_) => tracing::warn!(
@@ -317,8 +335,8 @@ pub async fn migrate(settings: &crate::config::MigrateSettings) -> anyhow::Resul
     let db = store::connect(&settings.database_url)
         .await
         .context("connecting to the database")?;
-    store::migrate(&db).await.context("applying migrations")?;
-    println!("migrations applied");
+    let applied = store::migrate(&db).await.context("applying migrations")?;
+    println!("migrations applied: {applied}");
     Ok(())
 }
 
@@ -487,6 +505,59 @@ async fn set_ready(reporter: &HealthReporter, ready: bool) {
     for service in READY_SERVICES {
         reporter.set_service_status(service, status).await;
     }
+}
+
+/// One line saying what this process is: version, database (no
+/// credentials), migrations applied, mail transport, TLS, callers, limits.
+fn log_start(settings: &Settings, migrations_applied: usize) {
+    let tls = match &settings.tls {
+        Some(tls) if tls.files.client_ca.is_some() => "mtls",
+        Some(_) => "tls",
+        None => "off",
+    };
+    let keys = settings.callers.key_names();
+    let callers = match (keys.is_empty(), settings.callers.required()) {
+        (_, false) => "open (no authentication)".to_owned(),
+        (true, true) => "client certificates".to_owned(),
+        (false, true) => format!("api keys ({})", keys.join(", ")),
+    };
+    let limit = |l: Option<crate::domain::RateLimit>| l.map_or("off".to_owned(), |l| l.to_string());
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        database = settings.database_location(),
+        migrations_applied,
+        mail = %settings.mail.transport,
+        tls,
+        callers,
+        limit_per_email = limit(settings.limits.per_email),
+        limit_per_ip = limit(settings.limits.per_ip),
+        limit_auth_failures = limit(settings.limits.auth_failures),
+        "rekey starting"
+    );
+}
+
+/// Cancels `stop_serving` `delay` after `shutdown`: in between, readiness
+/// says not serving while calls are still answered.
+async fn stop_serving_after_delay(
+    shutdown: CancellationToken,
+    stop_serving: CancellationToken,
+    delay: Duration,
+) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = stop_serving.cancelled() => return,
+    }
+    if !delay.is_zero() {
+        tracing::info!(
+            ?delay,
+            "shutting down: not ready; still serving while endpoints are removed"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop_serving.cancelled() => {}
+        }
+    }
+    stop_serving.cancel();
 }
 
 /// Keeps readiness in step with the database until shutdown, then reports

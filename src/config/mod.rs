@@ -90,6 +90,8 @@ pub struct Settings {
     /// How long a shutdown waits for calls in flight, then for the mail
     /// batch being sent; whatever is cut off is retried after its lease.
     pub shutdown_grace: Duration,
+    /// On shutdown, how long readiness says not serving before serving stops.
+    pub shutdown_delay: Duration,
     pub log_format: LogFormat,
     /// Who may call; empty means anyone who can connect.
     pub callers: Callers,
@@ -181,6 +183,7 @@ impl Settings {
             passwords: check::passwords(&raw)?,
             health_check_interval: check::health_check_interval(&raw)?,
             shutdown_grace: raw.shutdown_grace,
+            shutdown_delay: raw.shutdown_delay,
             log_format: raw.log_format,
         })
     }
@@ -202,6 +205,31 @@ impl Settings {
             "  listen:   {}\n  database: {database}\n  mail:     {mail}, from {}",
             self.listen, self.mail.sender.from
         )
+    }
+
+    /// The database as a log may name it: kind, host, port and database or
+    /// file, never a user or password.
+    pub fn database_location(&self) -> String {
+        let url = self.database_url.expose_secret();
+        match url::Url::parse(url) {
+            Ok(parsed) if parsed.scheme() == "sqlite" => {
+                let file = url
+                    .trim_start_matches("sqlite:")
+                    .trim_start_matches("//")
+                    .split('?')
+                    .next()
+                    .unwrap_or_default();
+                format!("sqlite {file}")
+            }
+            Ok(parsed) => format!(
+                "{} {}:{}{}",
+                parsed.scheme(),
+                parsed.host_str().unwrap_or("localhost"),
+                parsed.port().unwrap_or(5432),
+                parsed.path()
+            ),
+            Err(_) => url.split(':').next().unwrap_or_default().to_owned(),
+        }
     }
 
     /// `text` with every secret setting, and the password inside it, masked:

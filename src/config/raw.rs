@@ -78,6 +78,8 @@ pub(super) struct RawSettings {
     pub health_check_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_delay: Duration,
     pub log_format: LogFormat,
     pub api_keys: Option<SecretString>,
     pub tls_cert_file: Option<PathBuf>,
@@ -138,6 +140,7 @@ impl Default for RawSettings {
             mail_send_concurrency: 8,
             health_check_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(20),
+            shutdown_delay: Duration::from_secs(5),
             log_format: LogFormat::Pretty,
             api_keys: None,
             tls_cert_file: None,

@@ -120,17 +120,21 @@ pub async fn connect(url: &SecretString) -> Result<DatabaseConnection, StoreErro
     Ok(db)
 }
 
-/// Applies pending migrations. On PostgreSQL a transaction-scoped advisory
+/// Applies pending migrations and says how many. On PostgreSQL a transaction-scoped advisory
 /// lock serializes replicas that start together on an empty database.
-pub async fn migrate(db: &DatabaseConnection) -> Result<(), StoreError> {
+pub async fn migrate(db: &DatabaseConnection) -> Result<usize, StoreError> {
     if db.get_database_backend() != DbBackend::Postgres {
-        return Ok(Migrator::up(db, None).await?);
+        let pending = Migrator::get_pending_migrations(db).await?.len();
+        Migrator::up(db, None).await?;
+        return Ok(pending);
     }
     let tx = db.begin().await?;
     tx.execute_unprepared("SELECT pg_advisory_xact_lock(491327808889)")
         .await?;
+    let pending = Migrator::get_pending_migrations(&tx).await?.len();
     Migrator::up(&tx, None).await?;
-    Ok(tx.commit().await?)
+    tx.commit().await?;
+    Ok(pending)
 }
 
 /// True when the database answers and every migration this binary knows is

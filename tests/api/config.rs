@@ -158,8 +158,12 @@ fn migrate_needs_only_the_database_url() {
     let url = run.database_url();
     let out = run.rekey(&["migrate"], &[("REKEY_DATABASE_URL", &url)]);
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert_eq!(out.stdout, "migrations applied\n");
+    let every = <rekey_migrations::Migrator as rekey_migrations::MigratorTrait>::migrations().len();
+    assert_eq!(out.stdout, format!("migrations applied: {every}\n"));
     assert!(run.path().join("x.db").is_file());
+    // A second run finds nothing to do.
+    let again = run.rekey(&["migrate"], &[("REKEY_DATABASE_URL", &url)]);
+    assert_eq!(again.stdout, "migrations applied: 0\n", "{again:?}");
 }
 
 #[test]

@@ -2,7 +2,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::helpers::{Backend, spawn_app};
+use crate::helpers::{Backend, spawn_app, spawn_app_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_liveness_and_readiness() {
@@ -82,7 +82,8 @@ async fn a_graceful_stop_finishes_the_call_in_flight_then_refuses_new_ones() {
             .merge(("mail_dir", dir.path().join("mail").display().to_string()))
             .merge(("reset_url", crate::helpers::RESET_PAGE))
             .merge(("argon2_memory_kib", 65_536))
-            .merge(("argon2_iterations", 8)),
+            .merge(("argon2_iterations", 8))
+            .merge(("shutdown_delay", "0s")),
     )
     .unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -269,4 +270,38 @@ async fn a_database_outage_gives_unavailable_and_not_ready_until_it_ends() {
         .unwrap();
     wait_for_readiness(&app, ServingStatus::Serving).await;
     app.request_reset("jane@example.com").await.unwrap();
+}
+
+/// On SIGTERM readiness turns NOT_SERVING at once, calls are still answered
+/// for `REKEY_SHUTDOWN_DELAY` (so endpoints are removed first), then the
+/// server drains and stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_turns_not_ready_first_and_keeps_serving_for_the_delay() {
+    let mut app = spawn_app_with(Backend::Sqlite, |f| f.merge(("shutdown_delay", "3s"))).await;
+    let mut health = HealthClient::new(app.channel.clone());
+    let readiness = || HealthCheckRequest {
+        service: "readiness".into(),
+    };
+    app.shutdown.cancel();
+    let started = std::time::Instant::now();
+    crate::helpers::eventually("readiness NOT_SERVING", || {
+        let mut health = health.clone();
+        async move {
+            let status = health.check(readiness()).await.ok()?.into_inner().status();
+            (status == ServingStatus::NotServing).then_some(())
+        }
+    })
+    .await;
+    // Still serving: a call made now is answered.
+    app.request_reset("jane@example.com").await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+
+    let server = app.server.take().unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_secs(3));
+    assert!(health.check(readiness()).await.is_err(), "stopped serving");
 }

@@ -120,7 +120,9 @@ async fn start_app(
         .merge(("argon2_memory_kib", 1024))
         .merge(("argon2_iterations", 1))
         .merge(("mail_poll_interval", "200ms"))
-        .merge(("health_check_interval", "200ms"));
+        .merge(("health_check_interval", "200ms"))
+        // Stops at once; the delay has its own test.
+        .merge(("shutdown_delay", "0s"));
     let settings = Settings::from_figment(configure(figment)).unwrap();
     let clock = Arc::new(AdjustableClock::new());
     let rpc_statements = Arc::new(Mutex::new(Vec::new()));
