@@ -118,7 +118,12 @@ impl App {
         if let Some(observer) = on_statement {
             db.set_metric_callback(move |info| observer(info));
         }
-        let migrations_applied = store::migrate(&db).await.context("applying migrations")?;
+        let migrations_applied = if settings.migrate_on_start {
+            store::migrate(&db).await.context("applying migrations")?
+        } else {
+            // Not ready until `rekey migrate` has applied what is pending.
+            0
+        };
         log_start(&settings, migrations_applied);
 
         let listener = TcpListener::bind(settings.listen)
@@ -526,6 +531,7 @@ fn log_start(settings: &Settings, migrations_applied: usize) {
         version = env!("CARGO_PKG_VERSION"),
         database = settings.database_location(),
         migrations_applied,
+        migrate_on_start = settings.migrate_on_start,
         mail = %settings.mail.transport,
         tls,
         callers,

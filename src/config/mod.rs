@@ -92,6 +92,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// On shutdown, how long readiness says not serving before serving stops.
     pub shutdown_delay: Duration,
+    /// Apply pending migrations at start; off when a `rekey migrate` job does.
+    pub migrate_on_start: bool,
     pub log_format: LogFormat,
     /// Who may call; empty means anyone who can connect.
     pub callers: Callers,
@@ -184,6 +186,7 @@ impl Settings {
             health_check_interval: check::health_check_interval(&raw)?,
             shutdown_grace: raw.shutdown_grace,
             shutdown_delay: raw.shutdown_delay,
+            migrate_on_start: raw.migrate_on_start,
             log_format: raw.log_format,
         })
     }

@@ -305,3 +305,32 @@ async fn shutdown_turns_not_ready_first_and_keeps_serving_for_the_delay() {
     assert!(started.elapsed() >= std::time::Duration::from_secs(3));
     assert!(health.check(readiness()).await.is_err(), "stopped serving");
 }
+
+/// With `REKEY_MIGRATE_ON_START=false` (a migration Job runs `rekey migrate`)
+/// a replica on an unmigrated database starts but is not ready until the
+/// migrations are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_migrate_on_start_readiness_waits_for_the_migrations() {
+    let app = spawn_app_with(Backend::Sqlite, |f| f.merge(("migrate_on_start", false))).await;
+    let mut health = HealthClient::new(app.channel.clone());
+    let readiness = || HealthCheckRequest {
+        service: "readiness".into(),
+    };
+    let status = health
+        .check(readiness())
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(status, ServingStatus::NotServing);
+
+    rekey::store::migrate(&app.db).await.unwrap();
+    crate::helpers::eventually("readiness SERVING once migrated", || {
+        let mut health = health.clone();
+        async move {
+            let status = health.check(readiness()).await.ok()?.into_inner().status();
+            (status == ServingStatus::Serving).then_some(())
+        }
+    })
+    .await;
+}
