@@ -22,7 +22,7 @@ use crate::{
     service::Limits,
 };
 
-fn invalid(name: &'static str, problem: impl Into<String>) -> ConfigError {
+pub(super) fn invalid(name: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         name,
         problem: problem.into(),

@@ -38,6 +38,10 @@ pub enum ServiceError {
         description: String,
         retry_after: Duration,
     },
+    /// The database was unreachable at the last health check: refused
+    /// before trying it.
+    #[error("not ready; retry in {retry_after:?}")]
+    NotReady { retry_after: Duration },
     /// The database cannot be reached.
     #[error("database unavailable")]
     Unavailable(#[source] anyhow::Error),

@@ -2,6 +2,7 @@
 //! are parsed into domain types, and work goes through `store` and `security`.
 //! Every store call says what it was doing, so a failure logs its story.
 
+mod admission;
 mod authenticate;
 mod error;
 mod limits;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
 
+pub use admission::{Admission, Readiness};
 pub use authenticate::{AuthenticateInput, AuthenticatedAccount, authenticate};
 pub use error::{ServiceError, TokenProblem};
 pub use limits::Limits;

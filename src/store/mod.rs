@@ -98,9 +98,32 @@ impl StoreError {
     }
 }
 
+/// The connection pool's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolOptions {
+    /// Connections at most; `None` for the backend's default: 10 on
+    /// PostgreSQL, 1 on SQLite (one writer at a time).
+    pub size: Option<u32>,
+    /// How long a query waits for a free connection before it fails.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            size: None,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 /// Connects to SQLite (creating its directory, WAL mode) or PostgreSQL.
-pub async fn connect(url: &SecretString) -> Result<DatabaseConnection, StoreError> {
+pub async fn connect(
+    url: &SecretString,
+    pool: PoolOptions,
+) -> Result<DatabaseConnection, StoreError> {
     let url = url.expose_secret();
+    let sqlite = url.starts_with("sqlite:");
     if let Some(dir) = sqlite_file_dir(url) {
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Directory { dir, source })?;
     }
@@ -108,14 +131,48 @@ pub async fn connect(url: &SecretString) -> Result<DatabaseConnection, StoreErro
     options
         .sqlx_logging(false)
         .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(5));
+        .acquire_timeout(pool.acquire_timeout)
+        .max_connections(pool.size.unwrap_or(if sqlite { 1 } else { 10 }));
     let db = Database::connect(options).await?;
     if db.get_database_backend() == DbBackend::Sqlite {
-        // WAL lets readers run beside the single writer; foreign keys are off by default.
+        // WAL (kept in the file) lets readers run beside the single writer;
+        // sqlx turns foreign keys on for every connection, this says so.
         db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
         db.execute_unprepared("PRAGMA foreign_keys=ON").await?;
     }
     Ok(db)
+}
+
+/// True when every connection of the pool is checked out and the pool may
+/// open no more: a query now would wait for one to come back.
+pub fn pool_exhausted(db: &DatabaseConnection) -> bool {
+    fn exhausted<DB: sea_orm::sqlx::Database>(pool: &sea_orm::sqlx::Pool<DB>) -> bool {
+        pool.num_idle() == 0 && pool.size() >= pool.options().get_max_connections()
+    }
+    match db.get_database_backend() {
+        DbBackend::Postgres => exhausted(db.get_postgres_connection_pool()),
+        DbBackend::Sqlite => exhausted(db.get_sqlite_connection_pool()),
+        _ => false,
+    }
+}
+
+/// Waits at most `within` for a connection of an exhausted pool to come
+/// back; true if one did (it is returned to the pool at once).
+pub async fn connection_freed_within(db: &DatabaseConnection, within: Duration) -> bool {
+    async fn probe<DB: sea_orm::sqlx::Database>(
+        pool: &sea_orm::sqlx::Pool<DB>,
+        within: Duration,
+    ) -> bool {
+        matches!(
+            tokio::time::timeout(within, pool.acquire()).await,
+            Ok(Ok(_))
+        )
+    }
+    match db.get_database_backend() {
+        DbBackend::Postgres => probe(db.get_postgres_connection_pool(), within).await,
+        DbBackend::Sqlite => probe(db.get_sqlite_connection_pool(), within).await,
+        _ => true,
+    }
 }
 
 /// Applies pending migrations. On PostgreSQL a transaction-scoped advisory
