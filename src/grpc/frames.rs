@@ -7,6 +7,7 @@
 
 use std::{
     pin::Pin,
+    sync::{Arc, OnceLock},
     task::{Context, Poll, ready},
 };
 
@@ -44,10 +45,14 @@ enum Position {
     Message { left: usize },
 }
 
+/// Where a request body's refusal is kept for its response to report.
+pub type Refusal = Arc<OnceLock<Status>>;
+
 /// The body of a request, checked frame by frame.
 pub struct CheckedBody {
     inner: Body,
     expect: Expect,
+    refusal: Refusal,
     position: Position,
     /// The message being collected for `expect.validator`.
     message: Vec<u8>,
@@ -56,10 +61,11 @@ pub struct CheckedBody {
 }
 
 impl CheckedBody {
-    pub fn new(inner: Body, expect: Expect) -> Self {
+    pub fn new(inner: Body, expect: Expect, refusal: Refusal) -> Self {
         Self {
             inner,
             expect,
+            refusal,
             position: Position::Prefix {
                 prefix: [0; 5],
                 have: 0,
@@ -153,6 +159,7 @@ impl CheckedBody {
     fn fail(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         self.done = true;
         tracing::debug!(code = ?status.code(), reason = status.message(), "request refused");
+        let _ = self.refusal.set(status.clone());
         Poll::Ready(Some(Err(status)))
     }
 }
@@ -201,6 +208,50 @@ impl HttpBody for CheckedBody {
     }
 }
 
+/// A streaming response whose closing status is the request's refusal, if
+/// there was one. Tonic's reflection service ends its stream with `OK` when
+/// its request stream fails; the caller is owed the reason.
+pub struct ReportedBody {
+    inner: Body,
+    refusal: Refusal,
+}
+
+impl ReportedBody {
+    pub fn new(inner: Body, refusal: Refusal) -> Self {
+        Self { inner, refusal }
+    }
+}
+
+impl HttpBody for ReportedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        Poll::Ready(match (frame, self.refusal.get()) {
+            (Some(Ok(frame)), Some(refusal)) if frame.is_trailers() => {
+                let mut trailers = http::HeaderMap::new();
+                Some(Ok(match refusal.add_header(&mut trailers) {
+                    Ok(()) => Frame::trailers(trailers),
+                    Err(_) => frame,
+                }))
+            }
+            (frame, _) => frame,
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// `INVALID_ARGUMENT` for framing that is not gRPC's.
 fn invalid(problem: &str) -> Status {
     Status::with_error_details(
@@ -242,7 +293,7 @@ mod tests {
     }
 
     fn body(expect: Expect) -> CheckedBody {
-        CheckedBody::new(Body::empty(), expect)
+        CheckedBody::new(Body::empty(), expect, Refusal::default())
     }
 
     #[test]

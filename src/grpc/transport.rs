@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tonic::{Status, body::Body, transport::Server};
 use tower::{Layer, Service, layer::util::Identity, layer::util::Stack};
 
-use super::frames::{CheckedBody, Expect, Validator};
+use super::frames::{CheckedBody, Expect, Refusal, ReportedBody, Validator};
 
 /// Largest header block a client may send; hyper's default, stated.
 const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
@@ -97,12 +97,18 @@ where
             may_be_empty,
             validator,
         };
-        let request = request.map(|body| Body::new(CheckedBody::new(body, expect)));
+        let refusal = Refusal::default();
+        let request =
+            request.map(|body| Body::new(CheckedBody::new(body, expect, refusal.clone())));
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let call = inner.call(request);
         Box::pin(async move {
             match tokio::time::timeout_at(deadline, call).await {
+                // A client stream is read after the response has begun.
+                Ok(Ok(response)) if may_be_empty => {
+                    Ok(response.map(|body| Body::new(ReportedBody::new(body, refusal))))
+                }
                 Ok(response) => response,
                 Err(_) => {
                     // Dropping the call cancels its work: an open transaction

@@ -29,6 +29,8 @@ pub struct TestApp {
     pub accounts: AccountsClient<Channel>,
     /// A connected channel, for other clients (health, reflection).
     pub channel: Channel,
+    /// The gRPC port, for raw connections.
+    pub addr: std::net::SocketAddr,
     pub mailbox: SmtpSink,
     pub db: DatabaseConnection,
     pub database_url: String,
@@ -122,6 +124,7 @@ async fn start_app(
         reset: PasswordResetClient::new(channel.clone()),
         accounts: AccountsClient::new(channel.clone()),
         channel,
+        addr,
         mailbox,
         db,
         database_url,
