@@ -83,7 +83,77 @@ pub(super) fn database_pool(raw: &RawSettings) -> Result<PoolOptions, ConfigErro
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use figment::Figment;
+
     use super::*;
+    use crate::config::{ConfigError, Settings};
+
+    fn base() -> Figment {
+        Figment::new().merge(("reset_url", "https://app.example.com/reset"))
+    }
+
+    #[test]
+    fn the_defaults_are_the_documented_ones() {
+        let settings = Settings::from_figment(base()).unwrap();
+        let limits = settings.transport;
+        assert_eq!(limits.max_message_size, 16 * 1024);
+        assert_eq!(limits.request_timeout, Duration::from_secs(10));
+        assert_eq!(limits.connection_idle_timeout, Duration::from_secs(60));
+        assert_eq!(limits.max_concurrent_streams, 100);
+        assert_eq!(settings.database_pool.size, None);
+        assert_eq!(
+            settings.database_pool.acquire_timeout,
+            Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn a_size_may_come_as_a_number_from_the_environment() {
+        let settings = Settings::from_figment(base().merge(("max_message_size", 65_536))).unwrap();
+        assert_eq!(settings.transport.max_message_size, 65_536);
+        let settings = Settings::from_figment(base().merge(("database_pool_size", 3))).unwrap();
+        assert_eq!(settings.database_pool.size, Some(3));
+    }
+
+    #[test]
+    fn nonsense_limits_are_refused_naming_the_setting() {
+        let cases: [(&str, figment::value::Value, &str); 8] = [
+            ("max_message_size", "16KB".into(), "REKEY_MAX_MESSAGE_SIZE"),
+            ("max_message_size", 100.into(), "REKEY_MAX_MESSAGE_SIZE"),
+            ("max_message_size", "5MiB".into(), "REKEY_MAX_MESSAGE_SIZE"),
+            ("request_timeout", "0s".into(), "REKEY_REQUEST_TIMEOUT"),
+            (
+                "connection_idle_timeout",
+                "0s".into(),
+                "REKEY_CONNECTION_IDLE_TIMEOUT",
+            ),
+            (
+                "keepalive_interval",
+                "2m".into(),
+                "REKEY_KEEPALIVE_INTERVAL",
+            ),
+            (
+                "max_concurrent_streams",
+                0.into(),
+                "REKEY_MAX_CONCURRENT_STREAMS",
+            ),
+            (
+                "database_acquire_timeout",
+                "0s".into(),
+                "REKEY_DATABASE_ACQUIRE_TIMEOUT",
+            ),
+        ];
+        for (key, value, setting) in cases {
+            match Settings::from_figment(base().merge((key, value.clone()))) {
+                Err(ConfigError::Invalid { name, problem }) => {
+                    assert_eq!(name, setting, "{key}={value:?}: {problem}");
+                }
+                other => panic!("{key}={value:?}: expected Invalid({setting}), got {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn sizes_take_binary_units_or_bytes() {
