@@ -484,8 +484,7 @@ async fn set_ready(reporter: &HealthReporter, ready: bool) {
 /// Keeps readiness in step with the database until shutdown, then reports
 /// not serving so load balancers drain this replica. A pool whose every
 /// connection is in use is busy, not down: the check, which would wait out
-/// the pool, is skipped then, and a check that failed while the pool was
-/// exhausted (it waited out the pool) changes nothing.
+/// the pool, is skipped then.
 async fn watch_readiness(
     reporter: HealthReporter,
     readiness: Readiness,
@@ -497,8 +496,7 @@ async fn watch_readiness(
     loop {
         let ready = match was_ready {
             Some(ready) if store::pool_exhausted(&db) => ready,
-            Some(ready) => store::is_ready(&db).await || (ready && store::pool_exhausted(&db)),
-            None => store::is_ready(&db).await,
+            _ => store::is_ready(&db).await,
         };
         readiness.set(ready);
         if was_ready != Some(ready) {

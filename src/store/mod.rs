@@ -147,7 +147,12 @@ pub async fn connect(
 /// open no more: a query now would wait for one to come back.
 pub fn pool_exhausted(db: &DatabaseConnection) -> bool {
     fn exhausted<DB: sea_orm::sqlx::Database>(pool: &sea_orm::sqlx::Pool<DB>) -> bool {
-        pool.num_idle() == 0 && pool.size() >= pool.options().get_max_connections()
+        let size = pool.size();
+        // sqlx's idle count can read as -1 (wrapped) while a connection is
+        // handed over: more idle than there are is none idle.
+        let idle = pool.num_idle();
+        (idle == 0 || idle > usize::try_from(size).unwrap_or(usize::MAX))
+            && size >= pool.options().get_max_connections()
     }
     match db.get_database_backend() {
         DbBackend::Postgres => exhausted(db.get_postgres_connection_pool()),
