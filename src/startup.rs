@@ -43,10 +43,9 @@ use crate::{
 /// (framing, size, deadline), caller authentication, load shedding.
 type Layers = Stack<SheddingLayer, Stack<CallerLayer, Stack<TransportLayer, Identity>>>;
 
-/// How long a call that finds every database connection taken waits for
-/// one before it is refused with `RESOURCE_EXHAUSTED`: long enough for a
-/// moment's contention (SQLite has one connection) to pass, far shorter
-/// than the pool's acquire timeout.
+/// How long a call that finds every database connection taken looks for
+/// one to come back before it is refused with `RESOURCE_EXHAUSTED`: long
+/// enough to see a busy pool move, far shorter than its acquire timeout.
 const POOL_QUEUE_WAIT: Duration = Duration::from_millis(250);
 
 /// Health services that follow database readiness: the server as a whole,
@@ -105,7 +104,7 @@ impl App {
         )
         .context("setting up the hashing pool")?;
 
-        let db = store::connect(&settings.database_url, settings.database_pool)
+        let db = store::connect(&settings.database_url, settings.database_pool.clone())
             .await
             .context("connecting to the database")?;
         store::migrate(&db).await.context("applying migrations")?;
@@ -154,6 +153,7 @@ impl App {
         let admission = Admission::new(
             db.clone(),
             readiness.clone(),
+            settings.database_pool.activity.clone(),
             POOL_QUEUE_WAIT.min(settings.database_pool.acquire_timeout),
         );
         let router = grpc::server(&settings.transport)
@@ -305,7 +305,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 /// `rekey migrate`: applies pending migrations and returns. It needs the
 /// database URL alone, so a migration job needs no mail or link settings.
 pub async fn migrate(settings: &crate::config::MigrateSettings) -> anyhow::Result<()> {
-    let db = store::connect(&settings.database_url, settings.database_pool)
+    let db = store::connect(&settings.database_url, settings.database_pool.clone())
         .await
         .context("connecting to the database")?;
     store::migrate(&db).await.context("applying migrations")?;
@@ -343,7 +343,7 @@ pub async fn check_config(settings: &Settings, connect: bool) -> anyhow::Result<
     }
     let database = async {
         let reach = async {
-            let db = store::connect(&settings.database_url, settings.database_pool).await?;
+            let db = store::connect(&settings.database_url, settings.database_pool.clone()).await?;
             db.execute_unprepared("SELECT 1").await?;
             anyhow::Ok(())
         };

@@ -78,6 +78,7 @@ pub(super) fn database_pool(raw: &RawSettings) -> Result<PoolOptions, ConfigErro
     Ok(PoolOptions {
         size: (raw.database_pool_size > 0).then_some(raw.database_pool_size),
         acquire_timeout: raw.database_acquire_timeout,
+        ..PoolOptions::default()
     })
 }
 

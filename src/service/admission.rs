@@ -13,7 +13,7 @@ use std::{
 use sea_orm::DatabaseConnection;
 
 use super::ServiceError;
-use crate::store;
+use crate::store::{self, PoolActivity};
 
 /// Whether the database was reachable (and migrated) at the last health
 /// check. Set by the readiness watcher, read by every call.
@@ -46,6 +46,7 @@ impl Default for Readiness {
 pub struct Admission {
     db: DatabaseConnection,
     readiness: Readiness,
+    activity: PoolActivity,
     /// How long a call that finds every connection taken waits for one.
     queue_wait: Duration,
 }
@@ -54,26 +55,37 @@ pub struct Admission {
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl Admission {
-    pub fn new(db: DatabaseConnection, readiness: Readiness, queue_wait: Duration) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        readiness: Readiness,
+        activity: PoolActivity,
+        queue_wait: Duration,
+    ) -> Self {
         Self {
             db,
             readiness,
+            activity,
             queue_wait,
         }
     }
 
     /// `NotReady` while the database is known to be down; `Busy` when every
-    /// connection is taken and none comes back within the queue wait (a
-    /// moment's contention passes, a pool held by slow work does not).
+    /// connection is taken and none comes back to the pool within the queue
+    /// wait. A burst, whose queue moves, is admitted and waits its turn
+    /// (within the acquire timeout); a pool held by slow work is not.
     pub async fn admit(&self) -> Result<(), ServiceError> {
         if !self.readiness.is_ready() {
             return Err(ServiceError::NotReady {
                 retry_after: RETRY_AFTER,
             });
         }
-        if store::pool_exhausted(&self.db)
-            && !store::connection_freed_within(&self.db, self.queue_wait).await
-        {
+        if store::pool_exhausted(&self.db) {
+            let returned = self.activity.returned();
+            if store::connection_freed_within(&self.db, self.queue_wait).await
+                || self.activity.returned() != returned
+            {
+                return Ok(());
+            }
             tracing::info!("database connection pool exhausted; call refused");
             return Err(ServiceError::Busy {
                 retry_after: RETRY_AFTER,

@@ -9,7 +9,15 @@ pub mod outbox;
 pub mod rate_limits;
 pub mod requests;
 
-use std::{collections::HashSet, path::PathBuf, time::Duration};
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use rekey_migrations::{Migrator, MigratorTrait};
 use sea_orm::{
@@ -99,13 +107,15 @@ impl StoreError {
 }
 
 /// The connection pool's bounds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PoolOptions {
     /// Connections at most; `None` for the backend's default: 10 on
     /// PostgreSQL, 1 on SQLite (one writer at a time).
     pub size: Option<u32>,
     /// How long a query waits for a free connection before it fails.
     pub acquire_timeout: Duration,
+    /// Counts the connections given back to the pool.
+    pub activity: PoolActivity,
 }
 
 impl Default for PoolOptions {
@@ -113,7 +123,24 @@ impl Default for PoolOptions {
         Self {
             size: None,
             acquire_timeout: Duration::from_secs(5),
+            activity: PoolActivity::default(),
         }
+    }
+}
+
+/// How many times a connection has been given back to the pool: a pool
+/// whose every connection is in use but whose count moves is busy, one
+/// whose count stands still is stuck.
+#[derive(Debug, Clone, Default)]
+pub struct PoolActivity(Arc<AtomicU64>);
+
+impl PoolActivity {
+    pub fn returned(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn count(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -133,6 +160,22 @@ pub async fn connect(
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(pool.acquire_timeout)
         .max_connections(pool.size.unwrap_or(if sqlite { 1 } else { 10 }));
+    let activity = pool.activity.clone();
+    options.map_sqlx_postgres_pool_opts(move |o| {
+        let activity = activity.clone();
+        o.after_release(move |_, _| {
+            activity.count();
+            Box::pin(async { Ok(true) })
+        })
+    });
+    let activity = pool.activity;
+    options.map_sqlx_sqlite_pool_opts(move |o| {
+        let activity = activity.clone();
+        o.after_release(move |_, _| {
+            activity.count();
+            Box::pin(async { Ok(true) })
+        })
+    });
     let db = Database::connect(options).await?;
     if db.get_database_backend() == DbBackend::Sqlite {
         // WAL (kept in the file) lets readers run beside the single writer;
