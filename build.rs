@@ -21,6 +21,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         out_dir.join("rekey_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Every generated service decodes with rekey's codec: a message that does
+    // not decode is INVALID_ARGUMENT, not tonic's INTERNAL.
+    tonic_prost_build::configure()
+        .codec_path("crate::grpc::codec::StrictCodec")
+        .compile_fds(descriptors)?;
     Ok(())
 }

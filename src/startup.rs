@@ -9,7 +9,6 @@ use anyhow::Context as _;
 use sea_orm::DatabaseConnection;
 use secrecy::ExposeSecret;
 use tokio::{net::TcpListener, sync::Notify};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{server::NamedService, transport::server::Router};
 use tonic_health::{
@@ -23,7 +22,9 @@ use crate::{
     config::{MailTransportSettings, Settings, TlsSettings},
     domain::{Clock, SystemClock},
     grpc::{
-        AccountsService, AdminService, CallerLayer, PasswordResetService, incoming,
+        self, AccountsService, AdminService, CallerLayer, PasswordResetService, SheddingLayer,
+        TransportLayer, TransportLimits,
+        incoming::{self, Accept},
         pb::{
             self, accounts_server::AccountsServer, admin_server::AdminServer,
             password_reset_server::PasswordResetServer,
@@ -37,9 +38,18 @@ use crate::{
         worker::MailWorker,
     },
     security::{hashing::PasswordHasher, tls::ReloadingAcceptor},
-    service::{RetentionPolicy, ServiceContext, run_retention},
+    service::{Admission, Readiness, RetentionPolicy, ServiceContext, run_retention},
     store, telemetry,
 };
+
+/// The layers in front of every service, outermost first: transport
+/// (framing, size, deadline), caller authentication, load shedding.
+type Layers = Stack<SheddingLayer, Stack<CallerLayer, Stack<TransportLayer, Identity>>>;
+
+/// How long a call that finds every database connection taken looks for
+/// one to come back before it is refused with `RESOURCE_EXHAUSTED`: long
+/// enough to see a busy pool move, far shorter than its acquire timeout.
+const POOL_QUEUE_WAIT: Duration = Duration::from_millis(250);
 
 /// Health services that follow database readiness: the server as a whole,
 /// the Kubernetes readiness name, and each rekey service.
@@ -58,8 +68,10 @@ pub struct App {
     /// The plaintext port serving health alone.
     health_port: Option<TcpListener>,
     health_service: HealthServer<HealthService>,
-    router: Router<Stack<CallerLayer, Identity>>,
+    router: Router<Layers>,
     health: HealthReporter,
+    readiness: Readiness,
+    transport: TransportLimits,
     db: DatabaseConnection,
     hasher: PasswordHasher,
     worker: MailWorker,
@@ -112,7 +124,7 @@ impl App {
         )
         .context("setting up the hashing pool")?;
 
-        let mut db = store::connect(&settings.database_url)
+        let mut db = store::connect(&settings.database_url, settings.database_pool.clone())
             .await
             .context("connecting to the database")?;
         if let Some(observer) = on_statement {
@@ -179,8 +191,16 @@ impl App {
 
         let health = HealthReporter::new();
         let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
-        let router = tonic::transport::Server::builder()
+        let readiness = Readiness::new();
+        let admission = Admission::new(
+            db.clone(),
+            readiness.clone(),
+            settings.database_pool.activity.clone(),
+            POOL_QUEUE_WAIT.min(settings.database_pool.acquire_timeout),
+        );
+        let router = grpc::server(&settings.transport)
             .layer(CallerLayer::new(settings.callers))
+            .layer(SheddingLayer::new(admission))
             .add_service(health_service.clone())
             .add_service(reflection().build_v1().context("building reflection v1")?)
             .add_service(
@@ -200,6 +220,8 @@ impl App {
             health_service,
             router,
             health,
+            readiness,
+            transport: settings.transport,
             db,
             hasher,
             worker,
@@ -239,6 +261,8 @@ impl App {
             health_service,
             router,
             health,
+            readiness,
+            transport,
             db,
             worker,
             health_check_interval,
@@ -259,7 +283,9 @@ impl App {
         health
             .set_service_status("liveness", ServingStatus::Serving)
             .await;
-        set_ready(&health, store::is_ready(&db).await).await;
+        let ready = store::is_ready(&db).await;
+        readiness.set(ready);
+        set_ready(&health, ready).await;
         tokio::spawn(run_retention(
             db.clone(),
             retention,
@@ -268,6 +294,7 @@ impl App {
         ));
         let readiness = tokio::spawn(watch_readiness(
             health,
+            readiness,
             db,
             health_check_interval,
             shutdown.clone(),
@@ -277,6 +304,7 @@ impl App {
             tokio::spawn(serve_health(
                 health_port,
                 health_service,
+                transport,
                 stop_serving.clone(),
             ));
         }
@@ -291,8 +319,12 @@ impl App {
             None => (None, Duration::ZERO),
         };
         tracing::info!(%addr, tls = acceptor.is_some(), "rekey listening");
-        let incoming =
-            incoming::accept(listener, acceptor, handshake_timeout, stop_serving.clone());
+        let accept = Accept {
+            tls: acceptor,
+            handshake_timeout,
+            idle_timeout: transport.connection_idle_timeout,
+        };
+        let incoming = incoming::accept(listener, accept, stop_serving.clone());
 
         let server = router.serve_with_incoming_shutdown(incoming, async {
             stop_serving.cancelled().await;
@@ -337,7 +369,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 /// `rekey migrate`: applies pending migrations and returns. It needs the
 /// database URL alone, so a migration job needs no mail or link settings.
 pub async fn migrate(settings: &crate::config::MigrateSettings) -> anyhow::Result<()> {
-    let db = store::connect(&settings.database_url)
+    let db = store::connect(&settings.database_url, settings.database_pool.clone())
         .await
         .context("connecting to the database")?;
     let applied = store::migrate(&db).await.context("applying migrations")?;
@@ -375,7 +407,7 @@ pub async fn check_config(settings: &Settings, connect: bool) -> anyhow::Result<
     }
     let database = async {
         let reach = async {
-            let db = store::connect(&settings.database_url).await?;
+            let db = store::connect(&settings.database_url, settings.database_pool.clone()).await?;
             db.execute_unprepared("SELECT 1").await?;
             anyhow::Ok(())
         };
@@ -477,15 +509,22 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 }
 
 /// Serves `grpc.health.v1` alone, in plaintext: Kubernetes' `grpc:` probes
-/// cannot speak TLS.
+/// cannot speak TLS. The same transport limits apply.
 async fn serve_health(
     listener: TcpListener,
     health: HealthServer<HealthService>,
+    transport: TransportLimits,
     shutdown: CancellationToken,
 ) {
-    let served = tonic::transport::Server::builder()
+    let accept = Accept {
+        tls: None,
+        handshake_timeout: Duration::ZERO,
+        idle_timeout: transport.connection_idle_timeout,
+    };
+    let incoming = incoming::accept(listener, accept, shutdown.clone());
+    let served = grpc::server(&transport)
         .add_service(health)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await;
     if let Err(error) = served {
         tracing::error!(%error, "the health port stopped");
@@ -567,16 +606,23 @@ async fn stop_serving_after_delay(
 }
 
 /// Keeps readiness in step with the database until shutdown, then reports
-/// not serving so load balancers drain this replica.
+/// not serving so load balancers drain this replica. A pool whose every
+/// connection is in use is busy, not down: the check, which would wait out
+/// the pool, is skipped then.
 async fn watch_readiness(
     reporter: HealthReporter,
+    readiness: Readiness,
     db: DatabaseConnection,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
     let mut was_ready = None;
     loop {
-        let ready = store::is_ready(&db).await;
+        let ready = match was_ready {
+            Some(ready) if store::pool_exhausted(&db) => ready,
+            _ => store::is_ready(&db).await,
+        };
+        readiness.set(ready);
         if was_ready != Some(ready) {
             if ready {
                 tracing::info!("database reachable; ready");

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_initial_schema;
 mod m20261123_000002_audit_caller;
 mod m20261123_000003_rate_limits;
+mod m20261130_000001_widen_email_hint;
 mod m20261130_000002_mail_lease_token;
 
 /// Applies rekey's migrations in order.
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_initial_schema::Migration),
             Box::new(m20261123_000002_audit_caller::Migration),
             Box::new(m20261123_000003_rate_limits::Migration),
+            Box::new(m20261130_000001_widen_email_hint::Migration),
             Box::new(m20261130_000002_mail_lease_token::Migration),
         ]
     }

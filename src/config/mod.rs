@@ -10,6 +10,7 @@ mod check;
 mod keys;
 mod raw;
 mod smtp;
+mod transport;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -20,9 +21,11 @@ pub use keys::UnknownSetting;
 
 use crate::{
     domain::{PasswordPolicy, ResetUrl, ResetUrlAllowList},
+    grpc::TransportLimits,
     mail::{delivery::LinkLifetimes, mailer::Sender, worker::WorkerOptions},
     security::{callers::Callers, tls::TlsFiles},
     service::{Limits, RetentionPolicy},
+    store::PoolOptions,
     telemetry::LogFormat,
 };
 
@@ -83,6 +86,7 @@ pub struct PasswordSettings {
 pub struct Settings {
     pub listen: SocketAddr,
     pub database_url: SecretString,
+    pub database_pool: PoolOptions,
     pub links: LinkSettings,
     pub mail: MailSettings,
     pub passwords: PasswordSettings,
@@ -102,6 +106,8 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// A second, plaintext port serving `grpc.health.v1` alone.
     pub health_listen: Option<SocketAddr>,
+    /// Message size, deadlines, HTTP/2 and idle-connection limits.
+    pub transport: TransportLimits,
     /// Protected-mode problems overridden by `REKEY_ALLOW_INSECURE`, each
     /// warned about at start.
     pub insecure: Vec<String>,
@@ -171,6 +177,8 @@ impl Settings {
             insecure: check::protected_mode(&raw, listen, &mail, &callers)?,
             listen,
             database_url: check::database(&raw.database_url)?,
+            database_pool: transport::database_pool(&raw)?,
+            transport: transport::transport(&raw)?,
             tls: check::tls(&raw)?,
             health_listen: raw
                 .health_listen
@@ -296,6 +304,7 @@ impl std::fmt::Display for MailTransportSettings {
 #[derive(Debug, Clone)]
 pub struct MigrateSettings {
     pub database_url: SecretString,
+    pub database_pool: PoolOptions,
 }
 
 impl MigrateSettings {
@@ -309,6 +318,7 @@ impl MigrateSettings {
         let url = raw::extract_database_url(&figment)?;
         Ok(Self {
             database_url: check::database(&url)?,
+            database_pool: PoolOptions::default(),
         })
     }
 }

@@ -105,6 +105,22 @@ pub(super) struct RawSettings {
     pub retention_audit: Duration,
     #[serde(with = "humantime_serde")]
     pub retention_interval: Duration,
+    /// `16KiB`, `1MiB` or a number of bytes; `check::transport` parses it.
+    #[serde(deserialize_with = "text_or_number")]
+    pub max_message_size: String,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connection_idle_timeout: Duration,
+    pub max_concurrent_streams: u32,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// 0 for the backend's default (10 on PostgreSQL, 1 on SQLite).
+    pub database_pool_size: u32,
+    #[serde(with = "humantime_serde")]
+    pub database_acquire_timeout: Duration,
 }
 
 const DAY: u64 = 24 * 3600;
@@ -161,6 +177,14 @@ impl Default for RawSettings {
             retention_mail: Duration::from_secs(7 * DAY),
             retention_audit: Duration::from_secs(90 * DAY),
             retention_interval: Duration::from_secs(3600),
+            max_message_size: "16KiB".to_owned(),
+            request_timeout: Duration::from_secs(10),
+            connection_idle_timeout: Duration::from_secs(60),
+            max_concurrent_streams: 100,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            database_pool_size: 0,
+            database_acquire_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -359,6 +383,28 @@ fn address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Erro
         }
     }
     deserializer.deserialize_str(Address)
+}
+
+/// A string, or a number as text (`REKEY_MAX_MESSAGE_SIZE=16384` arrives
+/// as a number).
+fn text_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    struct TextOrNumber;
+    impl Visitor<'_> for TextOrNumber {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a size: 16KiB, 1MiB or a number of bytes")
+        }
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<String, E> {
+            Ok(value.to_owned())
+        }
+        fn visit_u64<E: de::Error>(self, value: u64) -> Result<String, E> {
+            Ok(value.to_string())
+        }
+        fn visit_i64<E: de::Error>(self, value: i64) -> Result<String, E> {
+            Ok(value.to_string())
+        }
+    }
+    deserializer.deserialize_any(TextOrNumber)
 }
 
 /// Accepts a TOML list or a comma-separated string (as environment variables give).

@@ -1,6 +1,7 @@
 //! Accepted connections: plain TCP, or TLS with the current (reloadable)
 //! certificate. Handshakes run off the accept loop, each bounded in time,
-//! so a slow or silent client cannot hold up others.
+//! so a slow or silent client cannot hold up others; every connection is
+//! closed once it has sent nothing for the idle timeout.
 
 use std::{
     io,
@@ -20,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
+use super::idle::IdleTimeout;
 use crate::security::tls::{ReloadingAcceptor, common_name};
 
 /// What the request path may know about a connection.
@@ -59,14 +61,29 @@ impl Connected for Connection {
     }
 }
 
+/// How accepted connections are set up.
+#[derive(Clone)]
+pub struct Accept {
+    /// TLS with the current certificate, or plaintext.
+    pub tls: Option<ReloadingAcceptor>,
+    /// How long a client may take to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+}
+
 /// Accepts connections until `stop` or until the returned stream is
 /// dropped; then the listener closes, so new clients are refused at once.
 pub fn accept(
     listener: TcpListener,
-    tls: Option<ReloadingAcceptor>,
-    handshake_timeout: Duration,
+    accept: Accept,
     stop: CancellationToken,
-) -> ReceiverStream<io::Result<Connection>> {
+) -> ReceiverStream<io::Result<IdleTimeout<Connection>>> {
+    let Accept {
+        tls,
+        handshake_timeout,
+        idle_timeout,
+    } = accept;
     let (ready, incoming) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -86,7 +103,8 @@ pub fn accept(
             };
             let _ = tcp.set_nodelay(true);
             let Some(acceptor) = tls.as_ref().and_then(ReloadingAcceptor::current) else {
-                if ready.send(Ok(Connection::Plain(tcp))).await.is_err() {
+                let connection = IdleTimeout::new(Connection::Plain(tcp), idle_timeout);
+                if ready.send(Ok(connection)).await.is_err() {
                     break;
                 }
                 continue;
@@ -95,7 +113,9 @@ pub fn accept(
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = ready.send(Ok(Connection::Tls(Box::new(tls)))).await;
+                        let connection =
+                            IdleTimeout::new(Connection::Tls(Box::new(tls)), idle_timeout);
+                        let _ = ready.send(Ok(connection)).await;
                     }
                     Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -1,11 +1,17 @@
 //! The tonic services: proto ↔ use-case conversion, and the one mapping from
-//! [`ServiceError`] to `tonic::Status`.
+//! [`ServiceError`] to `tonic::Status`; the transport in front of them
+//! (framing and size checks, deadlines, idle connections, load shedding).
 
 mod accounts;
 mod admin;
 mod callers;
+pub mod codec;
+mod frames;
+mod idle;
 pub mod incoming;
 mod password_reset;
+mod shedding;
+mod transport;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -15,7 +21,10 @@ use tonic_types::{ErrorDetails, StatusExt};
 pub use accounts::AccountsService;
 pub use admin::AdminService;
 pub use callers::{CallerLayer, caller_name};
+pub use frames::MESSAGE_TOO_LARGE;
 pub use password_reset::PasswordResetService;
+pub use shedding::SheddingLayer;
+pub use transport::{TransportLayer, TransportLimits, server};
 
 use crate::{
     security::callers::Refusal,
@@ -122,6 +131,11 @@ pub fn to_status(error: ServiceError) -> Status {
             Code::FailedPrecondition,
             "the record is not in a state that allows this",
             reason,
+        ),
+        ServiceError::NotReady { retry_after } => retry_later(
+            Code::Unavailable,
+            "service temporarily unavailable; retry later",
+            retry_after,
         ),
         ServiceError::Unavailable(source) => {
             tracing::error!(error = format!("{source:#}"), "database unavailable");

@@ -44,6 +44,10 @@ pub enum ServiceError {
     /// What the call names is not in a state that allows it.
     #[error("failed precondition: {0}")]
     FailedPrecondition(&'static str),
+    /// The database was unreachable at the last health check: refused
+    /// before trying it.
+    #[error("not ready; retry in {retry_after:?}")]
+    NotReady { retry_after: Duration },
     /// The database cannot be reached.
     #[error("database unavailable")]
     Unavailable(#[source] anyhow::Error),

@@ -3,6 +3,7 @@
 //! Every store call says what it was doing, so a failure logs its story.
 
 pub mod admin;
+mod admission;
 mod authenticate;
 mod error;
 mod limits;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
 
+pub use admission::{Admission, Readiness};
 pub use authenticate::{AuthenticateInput, AuthenticatedAccount, authenticate};
 pub use error::{ServiceError, TokenProblem};
 pub use limits::Limits;

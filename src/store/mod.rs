@@ -11,7 +11,15 @@ pub mod rate_limits;
 pub mod requests;
 pub mod retention;
 
-use std::{collections::HashSet, path::PathBuf, time::Duration};
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use rekey_migrations::{Migrator, MigratorTrait};
 use sea_orm::{
@@ -100,9 +108,51 @@ impl StoreError {
     }
 }
 
+/// The connection pool's bounds.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// Connections at most; `None` for the backend's default: 10 on
+    /// PostgreSQL, 1 on SQLite (one writer at a time).
+    pub size: Option<u32>,
+    /// How long a query waits for a free connection before it fails.
+    pub acquire_timeout: Duration,
+    /// Counts the connections given back to the pool.
+    pub activity: PoolActivity,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            size: None,
+            acquire_timeout: Duration::from_secs(5),
+            activity: PoolActivity::default(),
+        }
+    }
+}
+
+/// How many times a connection has been given back to the pool: a pool
+/// whose every connection is in use but whose count moves is busy, one
+/// whose count stands still is stuck.
+#[derive(Debug, Clone, Default)]
+pub struct PoolActivity(Arc<AtomicU64>);
+
+impl PoolActivity {
+    pub fn returned(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn count(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Connects to SQLite (creating its directory, WAL mode) or PostgreSQL.
-pub async fn connect(url: &SecretString) -> Result<DatabaseConnection, StoreError> {
+pub async fn connect(
+    url: &SecretString,
+    pool: PoolOptions,
+) -> Result<DatabaseConnection, StoreError> {
     let url = url.expose_secret();
+    let sqlite = url.starts_with("sqlite:");
     if let Some(dir) = sqlite_file_dir(url) {
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Directory { dir, source })?;
     }
@@ -110,14 +160,69 @@ pub async fn connect(url: &SecretString) -> Result<DatabaseConnection, StoreErro
     options
         .sqlx_logging(false)
         .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(5));
+        .acquire_timeout(pool.acquire_timeout)
+        .max_connections(pool.size.unwrap_or(if sqlite { 1 } else { 10 }));
+    let activity = pool.activity.clone();
+    options.map_sqlx_postgres_pool_opts(move |o| {
+        let activity = activity.clone();
+        o.after_release(move |_, _| {
+            activity.count();
+            Box::pin(async { Ok(true) })
+        })
+    });
+    let activity = pool.activity;
+    options.map_sqlx_sqlite_pool_opts(move |o| {
+        let activity = activity.clone();
+        o.after_release(move |_, _| {
+            activity.count();
+            Box::pin(async { Ok(true) })
+        })
+    });
     let db = Database::connect(options).await?;
     if db.get_database_backend() == DbBackend::Sqlite {
-        // WAL lets readers run beside the single writer; foreign keys are off by default.
+        // WAL (kept in the file) lets readers run beside the single writer;
+        // sqlx turns foreign keys on for every connection, this says so.
         db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
         db.execute_unprepared("PRAGMA foreign_keys=ON").await?;
     }
     Ok(db)
+}
+
+/// True when every connection of the pool is checked out and the pool may
+/// open no more: a query now would wait for one to come back.
+pub fn pool_exhausted(db: &DatabaseConnection) -> bool {
+    fn exhausted<DB: sea_orm::sqlx::Database>(pool: &sea_orm::sqlx::Pool<DB>) -> bool {
+        let size = pool.size();
+        // sqlx's idle count can read as -1 (wrapped) while a connection is
+        // handed over: more idle than there are is none idle.
+        let idle = pool.num_idle();
+        (idle == 0 || idle > usize::try_from(size).unwrap_or(usize::MAX))
+            && size >= pool.options().get_max_connections()
+    }
+    match db.get_database_backend() {
+        DbBackend::Postgres => exhausted(db.get_postgres_connection_pool()),
+        DbBackend::Sqlite => exhausted(db.get_sqlite_connection_pool()),
+        _ => false,
+    }
+}
+
+/// Waits at most `within` for a connection of an exhausted pool to come
+/// back; true if one did (it is returned to the pool at once).
+pub async fn connection_freed_within(db: &DatabaseConnection, within: Duration) -> bool {
+    async fn probe<DB: sea_orm::sqlx::Database>(
+        pool: &sea_orm::sqlx::Pool<DB>,
+        within: Duration,
+    ) -> bool {
+        matches!(
+            tokio::time::timeout(within, pool.acquire()).await,
+            Ok(Ok(_))
+        )
+    }
+    match db.get_database_backend() {
+        DbBackend::Postgres => probe(db.get_postgres_connection_pool(), within).await,
+        DbBackend::Sqlite => probe(db.get_sqlite_connection_pool(), within).await,
+        _ => true,
+    }
 }
 
 /// Applies pending migrations and says how many. On PostgreSQL a transaction-scoped advisory

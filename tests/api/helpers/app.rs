@@ -36,6 +36,8 @@ pub struct TestApp {
     pub admin: AdminClient<Channel>,
     /// A connected channel, for other clients (health, reflection).
     pub channel: Channel,
+    /// The gRPC port, for raw connections.
+    pub addr: std::net::SocketAddr,
     pub mailbox: SmtpSink,
     pub db: DatabaseConnection,
     pub database_url: String,
@@ -156,6 +158,7 @@ async fn start_app(
         accounts: AccountsClient::new(channel.clone()),
         admin: AdminClient::new(channel.clone()),
         channel,
+        addr,
         mailbox,
         db,
         database_url,

@@ -1,10 +1,12 @@
 //! Test harness, by job: `app` (the real server in-process on 127.0.0.1:0
 //! and its clients), `smtp` (a real SMTP sink), `postgres` (a fresh
-//! database per test, dropped afterwards), `logs` (captured server logs).
+//! database per test, dropped afterwards), `logs` (captured server logs),
+//! `raw` (an HTTP/2 client for hostile bytes).
 
 mod app;
 mod logs;
 mod postgres;
+pub mod raw;
 mod smtp;
 mod smtp_auth;
 
