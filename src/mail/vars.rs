@@ -87,7 +87,8 @@ impl MailVars {
         }
         if let Some(expires_in) = self.expires_in {
             values.push(("expires_in", Value::from(humanize(expires_in, language))));
-            values.push(("expires_in_minutes", Value::from(expires_in.as_secs() / 60)));
+            let minutes = (expires_in.as_secs() + 30) / 60;
+            values.push(("expires_in_minutes", Value::from(minutes)));
         }
         if let Some(changed_at) = self.changed_at {
             values.push(("changed_at", Value::from(utc_minutes(changed_at))));
