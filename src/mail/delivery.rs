@@ -141,7 +141,6 @@ impl Delivery {
                 let Some(account) = self.active_account(&email).await? else {
                     return self.unknown_account(&email, &locale).await;
                 };
-                record_kind(TemplateKind::Reset);
                 let page = self.allowed_page(&reset_url)?;
                 let locale = mail_locale(&locale, Some(&account));
                 let opened = RequestToOpen {
@@ -354,7 +353,7 @@ fn link_kind(queued: MailKind, purpose: Purpose) -> MailKind {
 
 /// Names the mail in the worker's span for the job.
 fn record_kind(template: TemplateKind) {
-    tracing::Span::current().record("kind", template.name());
+    tracing::Span::current().record("kind", tracing::field::display(template.name()));
 }
 
 /// The locale the caller asked for, else the account's, else the default.

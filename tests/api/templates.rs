@@ -17,7 +17,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use crate::{
     config::Run,
     flow_test,
-    helpers::{Backend, PASSWORD, RESET_PAGE, TestApp, spawn_app, spawn_app_with},
+    helpers::{Backend, PASSWORD, RESET_PAGE, TestApp, captured_logs, spawn_app, spawn_app_with},
 };
 
 async fn sign_up_in(app: &mut TestApp, email: &str, locale: &str) {
@@ -281,6 +281,13 @@ async fn an_unknown_address_gets_a_notice_when_that_is_on(backend: Backend) {
         (MailKind::Reset, MailStatus::Sent)
     );
     assert_eq!(mailed_details(&app).await, ["unknown_account"]);
+    assert!(
+        captured_logs()
+            .lines()
+            .any(|line| line.contains("kind=unknown_account")
+                && line.contains("mail accepted for delivery")),
+        "no log line names the mail"
+    );
 
     // An address with an account still gets its link.
     app.create_account("jane@example.com", "Jane").await;
