@@ -1,8 +1,9 @@
-//! `rekey serve` (the default), `migrate`, `check-config`; exit 2 on bad configuration.
+//! `rekey serve` (the default), `migrate`, `check-config`, `preview-mail`;
+//! exit 2 on bad configuration.
 
 use clap::{Parser, Subcommand};
-use rekey::config::{ConfigError, MigrateSettings, Settings};
-use rekey::startup;
+use rekey::config::{ConfigError, MigrateSettings, PreviewSettings, Settings};
+use rekey::{domain::Locale, mail::templates::TemplateKind, startup};
 use std::{path::PathBuf, process::ExitCode};
 
 #[derive(Parser)]
@@ -26,6 +27,16 @@ enum Command {
         #[arg(long, help = "Also connect to the database and the SMTP relay")]
         connect: bool,
     },
+    /// Print a mail's subject, text and HTML, rendered with sample data from
+    /// the templates the server would use (REKEY_TEMPLATE_DIR included).
+    PreviewMail {
+        /// reset, sign_up, already_registered, password_changed or unknown_account.
+        #[arg(long)]
+        kind: TemplateKind,
+        /// A BCP 47 tag; falls back like the server, e.g. de-CH to de to en.
+        #[arg(long, default_value = "en")]
+        locale: Locale,
+    },
 }
 
 async fn run(cli: Cli) -> Result<anyhow::Result<()>, ConfigError> {
@@ -34,6 +45,10 @@ async fn run(cli: Cli) -> Result<anyhow::Result<()>, ConfigError> {
         Command::Serve => startup::serve(load()?).await,
         Command::Migrate => startup::migrate(&MigrateSettings::load(cli.config.as_deref())?).await,
         Command::CheckConfig { connect } => startup::check_config(&load()?, connect).await,
+        Command::PreviewMail { kind, locale } => {
+            let settings = PreviewSettings::load(cli.config.as_deref())?;
+            startup::preview_mail(&settings, kind, &locale)
+        }
     })
 }
 

@@ -33,7 +33,6 @@ use crate::{
     mail::{
         delivery::Delivery,
         mailer::Mailer,
-        templates::Templates,
         transport::{MailTransport, TransportError},
         worker::MailWorker,
     },
@@ -115,7 +114,6 @@ impl App {
                  set REKEY_SMTP_URL in production"
             );
         }
-        let templates = Templates::embedded().context("loading mail templates")?;
         let passwords = &settings.passwords;
         let hasher = PasswordHasher::new(
             passwords.argon2.clone(),
@@ -170,7 +168,7 @@ impl App {
             limits: settings.limits,
         };
         let mailer = Mailer {
-            templates: Arc::new(templates),
+            templates: settings.mail.templates,
             transport,
             sender: settings.mail.sender,
         };
@@ -179,6 +177,7 @@ impl App {
             mailer,
             links.lifetimes,
             allowed_pages,
+            settings.mail.notify_unknown_recipients,
             clock.clone(),
         );
         let worker = MailWorker::new(
@@ -454,6 +453,20 @@ pub async fn check_config(settings: &Settings, connect: bool) -> anyhow::Result<
         failed.is_empty(),
         "connection check failed: {}",
         failed.join(", ")
+    );
+    Ok(())
+}
+
+/// `rekey preview-mail`: prints `kind` in `locale`, rendered with sample
+/// data, from the templates the server would use.
+pub fn preview_mail(
+    settings: &crate::config::PreviewSettings,
+    kind: crate::mail::templates::TemplateKind,
+    locale: &crate::domain::Locale,
+) -> anyhow::Result<()> {
+    print!(
+        "{}",
+        crate::mail::preview::preview(&settings.templates, kind, locale)?
     );
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
     time::Duration,
 };
 
@@ -16,7 +17,8 @@ use super::{
 use crate::{
     domain::{PasswordPolicy, RateLimit, ResetUrl, ResetUrlAllowList},
     mail::{
-        delivery::LinkLifetimes, mailer::Sender, transport::smtp_send_bound, worker::WorkerOptions,
+        delivery::LinkLifetimes, mailer::Sender, templates::Templates, transport::smtp_send_bound,
+        worker::WorkerOptions,
     },
     security::{callers::Callers, tls::TlsFiles},
     service::{Limits, RetentionPolicy},
@@ -137,10 +139,13 @@ pub(super) fn mail(raw: &RawSettings, links: &LinkSettings) -> Result<MailSettin
         .as_deref()
         .map(|r| mailbox("REKEY_MAIL_REPLY_TO", r))
         .transpose()?;
+    let templates = Templates::load(raw.template_dir.as_deref())?;
     Ok(MailSettings {
         transport,
         sender: Sender { from, reply_to },
         worker: mail_worker(raw)?,
+        templates: Arc::new(templates),
+        notify_unknown_recipients: raw.notify_unknown_recipients,
     })
 }
 

@@ -12,7 +12,7 @@ mod raw;
 mod smtp;
 mod transport;
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
@@ -22,7 +22,12 @@ pub use keys::UnknownSetting;
 use crate::{
     domain::{PasswordPolicy, ResetUrl, ResetUrlAllowList},
     grpc::TransportLimits,
-    mail::{delivery::LinkLifetimes, mailer::Sender, worker::WorkerOptions},
+    mail::{
+        delivery::LinkLifetimes,
+        mailer::Sender,
+        templates::{TemplateError, Templates},
+        worker::WorkerOptions,
+    },
     security::{callers::Callers, tls::TlsFiles},
     service::{Limits, RetentionPolicy},
     store::PoolOptions,
@@ -67,6 +72,11 @@ pub struct MailSettings {
     pub transport: MailTransportSettings,
     pub sender: Sender,
     pub worker: WorkerOptions,
+    /// The embedded templates and `REKEY_TEMPLATE_DIR`'s, each rendered
+    /// once with sample data.
+    pub templates: Arc<Templates>,
+    /// Mail a reset for an address without an account ("unknown_account").
+    pub notify_unknown_recipients: bool,
 }
 
 /// The password policy and the hashing pool.
@@ -147,6 +157,9 @@ pub enum ConfigError {
     Read(String),
     #[error("{name}: {problem}")]
     Invalid { name: &'static str, problem: String },
+    /// A broken template, named by file and line.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
 }
 
 /// One unknown setting on the line, or several each on a line of its own.
@@ -319,6 +332,23 @@ impl MigrateSettings {
         Ok(Self {
             database_url: check::database(&url)?,
             database_pool: PoolOptions::default(),
+        })
+    }
+}
+
+/// What `rekey preview-mail` needs: the templates, and nothing else, so it
+/// runs without a database or link settings.
+#[derive(Debug)]
+pub struct PreviewSettings {
+    pub templates: Templates,
+}
+
+impl PreviewSettings {
+    /// Reads the same layers as [`Settings::load`] and loads the templates.
+    pub fn load(config_file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let dir = raw::extract_template_dir(&raw::layers(config_file)?)?;
+        Ok(Self {
+            templates: Templates::load(dir.as_deref())?,
         })
     }
 }

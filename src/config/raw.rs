@@ -48,6 +48,10 @@ pub(super) struct RawSettings {
     pub mail_dir: PathBuf,
     pub mail_from: Option<String>,
     pub mail_reply_to: Option<String>,
+    /// Files that override or add mail templates (see `mail::template_dir`).
+    pub template_dir: Option<PathBuf>,
+    /// Answer a reset for an address without an account with a mail saying so.
+    pub notify_unknown_recipients: bool,
     pub reset_url: Option<String>,
     #[serde(deserialize_with = "comma_list")]
     pub allowed_reset_urls: Vec<String>,
@@ -136,6 +140,8 @@ impl Default for RawSettings {
             mail_dir: PathBuf::from("./var/mail"),
             mail_from: None,
             mail_reply_to: None,
+            template_dir: None,
+            notify_unknown_recipients: false,
             reset_url: None,
             allowed_reset_urls: Vec::new(),
             reset_token_ttl: Duration::from_secs(30 * 60),
@@ -306,6 +312,19 @@ pub(super) fn extract(figment: &Figment) -> Result<RawSettings, ConfigError> {
     figment
         .extract()
         .map_err(|e| ConfigError::Read(describe_figment_error(e)))
+}
+
+/// The template directory alone (for `rekey preview-mail`), after the same
+/// key check.
+pub(super) fn extract_template_dir(figment: &Figment) -> Result<Option<PathBuf>, ConfigError> {
+    refuse_unknown_keys(figment)?;
+    if figment.contains("template_dir") {
+        figment
+            .extract_inner("template_dir")
+            .map_err(|e| ConfigError::Read(describe_figment_error(e)))
+    } else {
+        Ok(None)
+    }
 }
 
 /// The database URL alone (for `rekey migrate`), after the same key check.

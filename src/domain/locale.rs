@@ -58,6 +58,14 @@ impl Locale {
     }
 }
 
+impl std::str::FromStr for Locale {
+    type Err = FieldError;
+
+    fn from_str(raw: &str) -> Result<Self, FieldError> {
+        Self::parse("locale", raw)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,12 +4,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use minijinja::context;
-use sea_orm::{ActiveEnum, DatabaseConnection, TransactionTrait};
+use sea_orm::{DatabaseConnection, TransactionTrait};
 
 use super::{
     mailer::{MailError, Mailer},
     templates::TemplateKind,
+    vars::MailVars,
 };
 use crate::{
     domain::{
@@ -42,10 +42,12 @@ impl LinkLifetimes {
 
 /// How a job ended, when it did not fail.
 pub enum Outcome {
-    /// Accepted by the transport, as this kind of mail.
+    /// Accepted by the transport: the job's kind as the outbox keeps it,
+    /// and the mail actually sent (the audit's detail).
     Sent {
         request_id: Option<String>,
         kind: MailKind,
+        template: TemplateKind,
     },
     Skipped(&'static str),
 }
@@ -98,6 +100,9 @@ pub struct Delivery {
     /// The pages links may point at now: a job queued before the list
     /// changed is checked again when it is sent.
     allowed_pages: ResetUrlAllowList,
+    /// Whether a reset for an address without an account is answered
+    /// with the `unknown_account` mail rather than skipped.
+    notify_unknown: bool,
     clock: Arc<dyn Clock>,
 }
 
@@ -107,6 +112,7 @@ impl Delivery {
         mailer: Mailer,
         lifetimes: LinkLifetimes,
         allowed_pages: ResetUrlAllowList,
+        notify_unknown: bool,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
@@ -114,6 +120,7 @@ impl Delivery {
             mailer,
             lifetimes,
             allowed_pages,
+            notify_unknown,
             clock,
         }
     }
@@ -131,16 +138,16 @@ impl Delivery {
             MailIntent::Reset {
                 locale, reset_url, ..
             } => {
-                record_kind(MailKind::Reset);
                 let Some(account) = self.active_account(&email).await? else {
-                    return Ok(Outcome::Skipped("no active account"));
+                    return self.unknown_account(&email, &locale).await;
                 };
                 let page = self.allowed_page(&reset_url)?;
+                let locale = mail_locale(&locale, Some(&account));
                 let opened = RequestToOpen {
                     purpose: Purpose::Reset,
                     account_id: Some(&account.id),
                     display_name: &account.display_name,
-                    locale: &locale,
+                    locale: locale.as_str(),
                 };
                 self.send_link(job, &email, opened, &page).await
             }
@@ -151,18 +158,19 @@ impl Delivery {
             } => {
                 let page = self.allowed_page(&reset_url)?;
                 let account = self.active_account(&email).await?;
+                let locale = mail_locale(&locale, account.as_ref());
                 let opened = match &account {
                     Some(account) => RequestToOpen {
                         purpose: Purpose::Reset,
                         account_id: Some(&account.id),
                         display_name: &account.display_name,
-                        locale: &locale,
+                        locale: locale.as_str(),
                     },
                     None => RequestToOpen {
                         purpose: Purpose::SignUp,
                         account_id: None,
                         display_name: &display_name,
-                        locale: &locale,
+                        locale: locale.as_str(),
                     },
                 };
                 self.send_link(job, &email, opened, &page).await
@@ -172,25 +180,48 @@ impl Delivery {
                 locale,
                 changed_at,
             } => {
-                record_kind(MailKind::PasswordChanged);
-                let locale = Locale::parse("locale", &locale).unwrap_or_default();
+                let template = TemplateKind::PasswordChanged;
+                record_kind(template);
+                let locale = mail_locale(&locale, None);
                 let changed_at = std::time::UNIX_EPOCH + millis_between(0, changed_at);
-                let changed_at = format!("{} UTC", humantime::format_rfc3339_seconds(changed_at));
-                let context = context! {
-                    display_name => display_name,
-                    email => email.as_str(),
-                    changed_at => changed_at,
-                };
+                let vars = MailVars::password_changed(&display_name, email.as_str(), changed_at);
                 let at = self.clock.now_millis();
                 self.mailer
-                    .send(&email, TemplateKind::PasswordChanged, &locale, context, at)
+                    .send(&email, template, &locale, &vars, at)
                     .await?;
                 Ok(Outcome::Sent {
                     request_id: None,
                     kind: MailKind::PasswordChanged,
+                    template,
                 })
             }
         }
+    }
+
+    /// A reset for an address without an account: skipped, or answered
+    /// with the `unknown_account` mail when that is on. The outbox keeps
+    /// the job's kind (`reset`); the log and the audit name the mail.
+    async fn unknown_account(
+        &self,
+        email: &EmailAddress,
+        locale: &str,
+    ) -> Result<Outcome, DeliveryError> {
+        if !self.notify_unknown {
+            record_kind(TemplateKind::Reset);
+            return Ok(Outcome::Skipped("no active account"));
+        }
+        let template = TemplateKind::UnknownAccount;
+        record_kind(template);
+        let vars = MailVars::unknown_account(email.as_str());
+        let now = self.clock.now_millis();
+        self.mailer
+            .send(email, template, &mail_locale(locale, None), &vars, now)
+            .await?;
+        Ok(Outcome::Sent {
+            request_id: None,
+            kind: MailKind::Reset,
+            template,
+        })
     }
 
     async fn active_account(
@@ -216,32 +247,33 @@ impl Delivery {
             return Ok(Outcome::Skipped("request no longer open"));
         };
         let kind = link_kind(job.kind, request.purpose);
-        record_kind(kind);
-        let token = Token::mint().map_err(DeliveryError::Token)?;
-        let now = self.clock.now_millis();
-        requests::add_token_digest(&self.db, &request.id, token.digest().as_str(), now)
-            .await
-            .context("storing the token digest")?;
-        let locale = Locale::parse("locale", &request.locale).unwrap_or_default();
-        let context = context! {
-            display_name => &request.display_name,
-            email => email.as_str(),
-            link => page.link(&token),
-            expires_in => humanize(millis_between(now, request.expires_at)),
-        };
         let template = match kind {
             MailKind::Reset => TemplateKind::Reset,
             MailKind::SignUp => TemplateKind::SignUp,
             MailKind::AlreadyRegistered => TemplateKind::AlreadyRegistered,
             MailKind::PasswordChanged => TemplateKind::PasswordChanged,
         };
+        record_kind(template);
+        let token = Token::mint().map_err(DeliveryError::Token)?;
+        let now = self.clock.now_millis();
+        requests::add_token_digest(&self.db, &request.id, token.digest().as_str(), now)
+            .await
+            .context("storing the token digest")?;
+        let locale = Locale::parse("locale", &request.locale).unwrap_or_default();
+        let vars = MailVars::link(
+            &request.display_name,
+            email.as_str(),
+            page.link(&token),
+            millis_between(now, request.expires_at),
+        );
         self.mailer
-            .send(email, template, &locale, context, now)
+            .send(email, template, &locale, &vars, now)
             .await?;
         tracing::debug!(request = %request.id, "link mailed");
         Ok(Outcome::Sent {
             request_id: Some(request.id),
             kind,
+            template,
         })
     }
 
@@ -319,9 +351,21 @@ fn link_kind(queued: MailKind, purpose: Purpose) -> MailKind {
     }
 }
 
-/// Names the kind of mail in the worker's span for the job.
-fn record_kind(kind: MailKind) {
-    tracing::Span::current().record("kind", tracing::field::display(kind.to_value()));
+/// Names the mail in the worker's span for the job.
+fn record_kind(template: TemplateKind) {
+    tracing::Span::current().record("kind", tracing::field::display(template.name()));
+}
+
+/// The locale the caller asked for, else the account's, else the default.
+fn mail_locale(given: &str, account: Option<&accounts::Account>) -> Locale {
+    let parse = |raw: &str| {
+        Locale::parse("locale", raw)
+            .ok()
+            .filter(|_| !raw.trim().is_empty())
+    };
+    parse(given)
+        .or_else(|| account.and_then(|account| parse(&account.locale)))
+        .unwrap_or_default()
 }
 
 impl Delivery {
@@ -336,31 +380,9 @@ impl Delivery {
     }
 }
 
-/// "30 minutes", "24 hours", "3 days": the nearest whole unit.
-fn humanize(duration: Duration) -> String {
-    let rounded = |unit_secs: u64| (duration.as_secs() + unit_secs / 2) / unit_secs;
-    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
-    match rounded(60) {
-        0 => "less than a minute".to_owned(),
-        m if m < 60 => plural(m, "minute"),
-        _ if rounded(3600) < 48 => plural(rounded(3600), "hour"),
-        _ => plural(rounded(86_400), "day"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_naturally() {
-        assert_eq!(humanize(Duration::from_secs(30 * 60)), "30 minutes");
-        assert_eq!(humanize(Duration::from_secs(24 * 3600)), "24 hours");
-        assert_eq!(humanize(Duration::from_secs(29 * 60 + 59)), "30 minutes");
-        assert_eq!(humanize(Duration::from_secs(24 * 3600 - 2)), "24 hours");
-        assert_eq!(humanize(Duration::from_secs(3 * 86400)), "3 days");
-        assert_eq!(humanize(Duration::from_secs(61)), "1 minute");
-    }
 
     #[test]
     fn only_failures_that_cannot_heal_are_permanent() {

@@ -3,17 +3,16 @@
 
 use std::sync::Arc;
 
+use super::{
+    templates::{TemplateError, TemplateKind, Templates},
+    transport::{MailTransport, SendError},
+    vars::MailVars,
+};
+use crate::domain::{EmailAddress, Locale, clock::millis_between};
 use lettre::{
     Message,
     message::{Mailbox, MultiPart},
 };
-use minijinja::Value;
-
-use super::{
-    templates::{TemplateError, TemplateKind, Templates},
-    transport::{MailTransport, SendError},
-};
-use crate::domain::{EmailAddress, Locale, clock::millis_between};
 
 /// Who mail comes from, independent of the SMTP login.
 #[derive(Debug, Clone)]
@@ -54,17 +53,17 @@ pub struct Mailer {
 }
 
 impl Mailer {
-    /// Renders `kind` in `locale` with `context` and sends it to `to`,
+    /// Renders `kind` in `locale` with `vars` and sends it to `to`,
     /// dated `now` (Unix milliseconds).
     pub async fn send(
         &self,
         to: &EmailAddress,
         kind: TemplateKind,
         locale: &Locale,
-        context: Value,
+        vars: &MailVars,
         now: i64,
     ) -> Result<(), MailError> {
-        let mail = self.templates.render(kind, locale, context)?;
+        let mail = self.templates.render(kind, locale, vars)?;
         let mut builder = Message::builder()
             .message_id(Some(self.message_id()))
             .date(std::time::UNIX_EPOCH + millis_between(0, now))

@@ -4,6 +4,9 @@
 pub mod backoff;
 pub mod delivery;
 pub mod mailer;
+pub mod preview;
+mod template_dir;
 pub mod templates;
 pub mod transport;
+pub mod vars;
 pub mod worker;

@@ -1,33 +1,94 @@
 //! Mail templates: one per kind and locale, each with a subject, a text and
-//! an HTML part. They are embedded in the binary; lookup falls back from
-//! "de-CH" to "de" to the default locale.
+//! an HTML part. English and German are embedded in the binary; a template
+//! directory (see `template_dir`) overrides any of them or adds locales.
+//! Lookup falls back from "de-CH" to "de" to English. Every template is
+//! rendered once with sample data when loaded, so a broken one stops the
+//! start, naming its file and line.
 
-use minijinja::{AutoEscape, Environment, Output, State, Value};
+use std::{collections::BTreeMap, fmt, path::Path, str::FromStr};
 
+use minijinja::{AutoEscape, Environment, Output, State, UndefinedBehavior, Value};
+
+use super::{template_dir, vars::MailVars};
 use crate::domain::Locale;
 
 /// Which mail to render.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TemplateKind {
     Reset,
     SignUp,
     AlreadyRegistered,
     PasswordChanged,
+    /// A reset asked for an address without an account (optional).
+    UnknownAccount,
 }
 
 impl TemplateKind {
-    fn name(self) -> &'static str {
+    pub const ALL: [TemplateKind; 5] = [
+        TemplateKind::Reset,
+        TemplateKind::SignUp,
+        TemplateKind::AlreadyRegistered,
+        TemplateKind::PasswordChanged,
+        TemplateKind::UnknownAccount,
+    ];
+
+    /// The name in file names, logs and the audit trail.
+    pub fn name(self) -> &'static str {
         match self {
             TemplateKind::Reset => "reset",
             TemplateKind::SignUp => "sign_up",
             TemplateKind::AlreadyRegistered => "already_registered",
             TemplateKind::PasswordChanged => "password_changed",
+            TemplateKind::UnknownAccount => "unknown_account",
         }
     }
 }
 
+impl FromStr for TemplateKind {
+    type Err = String;
+
+    /// A kind's name; `-` may stand for `_` ("sign-up").
+    fn from_str(raw: &str) -> Result<Self, String> {
+        let wanted = raw.trim().replace('-', "_");
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.name() == wanted)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown mail kind {raw:?}; one of {}", names.join(", "))
+            })
+    }
+}
+
+/// The three parts of a template, by file extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Part {
+    Subject,
+    Text,
+    Html,
+}
+
+impl Part {
+    const ALL: [Part; 3] = [Part::Subject, Part::Text, Part::Html];
+
+    pub(super) fn extension(self) -> &'static str {
+        match self {
+            Part::Subject => "subject",
+            Part::Text => "txt",
+            Part::Html => "html",
+        }
+    }
+
+    pub(super) fn from_extension(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|part| part.extension() == raw)
+    }
+}
+
 /// A rendered mail body.
+#[derive(Debug)]
 pub struct RenderedMail {
+    /// The locale whose templates were used, e.g. "de" for "de-CH".
+    pub locale: String,
     pub subject: String,
     pub text: String,
     pub html: String,
@@ -36,89 +97,203 @@ pub struct RenderedMail {
 const DEFAULT_LOCALE: &str = "en";
 
 macro_rules! embedded {
-    ($locale:literal, $($kind:literal),+) => {
+    ($locale:literal: $($kind:literal),+) => {
         [$(
-            (concat!($locale, "/", $kind, ".subject"), include_str!(concat!("templates/", $locale, "/", $kind, ".subject"))),
-            (concat!($locale, "/", $kind, ".txt"), include_str!(concat!("templates/", $locale, "/", $kind, ".txt"))),
-            (concat!($locale, "/", $kind, ".html"), include_str!(concat!("templates/", $locale, "/", $kind, ".html"))),
+            ($locale, $kind, "subject", include_str!(concat!("templates/", $locale, "/", $kind, ".subject"))),
+            ($locale, $kind, "txt", include_str!(concat!("templates/", $locale, "/", $kind, ".txt"))),
+            ($locale, $kind, "html", include_str!(concat!("templates/", $locale, "/", $kind, ".html"))),
         )+]
     };
 }
 
-const EMBEDDED: [(&str, &str); 12] = embedded!(
-    "en",
-    "reset",
-    "sign_up",
-    "already_registered",
-    "password_changed"
-);
+/// (locale, kind, part, source) of every embedded template.
+const EMBEDDED: [[(&str, &str, &str, &str); 15]; 2] = [
+    embedded!("en": "reset", "sign_up", "already_registered", "password_changed", "unknown_account"),
+    embedded!("de": "reset", "sign_up", "already_registered", "password_changed", "unknown_account"),
+];
 
-/// The template set. `.html` templates auto-escape their values.
-pub struct Templates {
-    env: Environment<'static>,
-}
-
-/// A template that does not compile or render.
+/// A template that does not compile or render, or a template directory
+/// that cannot be used. The message names the file (and line) at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
-    #[error("mail template {name} does not compile")]
-    Compile {
-        name: &'static str,
-        #[source]
-        source: minijinja::Error,
+    #[error("mail template {origin}{}: {problem}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Broken {
+        origin: String,
+        line: Option<usize>,
+        problem: String,
     },
-    #[error("mail template {name} does not render")]
-    Render {
-        name: String,
-        #[source]
-        source: minijinja::Error,
+    #[error("mail templates: {}: {problem}", path.display())]
+    Directory {
+        path: std::path::PathBuf,
+        problem: String,
     },
+}
+
+/// The template set. `.html` templates escape their values.
+pub struct Templates {
+    env: Environment<'static>,
+    /// Where each template came from, by its name in `env`.
+    origins: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for Templates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Templates")
+            .field("templates", &self.origins.len())
+            .finish()
+    }
+}
+
+/// A template's name in the environment: "de-ch/reset.txt".
+fn key(locale: &str, kind: &str, part: &str) -> String {
+    format!("{locale}/{kind}.{part}")
 }
 
 impl Templates {
-    /// Loads and compiles the embedded templates; a broken one fails start-up.
+    /// The embedded templates alone.
     pub fn embedded() -> Result<Self, TemplateError> {
-        let mut env = Environment::new();
-        env.set_formatter(html_formatter);
-        for (name, source) in EMBEDDED {
-            env.add_template(name, source)
-                .map_err(|source| TemplateError::Compile { name, source })?;
-        }
-        Ok(Self { env })
+        Self::load(None)
     }
 
+    /// The embedded templates, overridden by those in `dir`, each checked
+    /// by rendering it with sample data.
+    pub fn load(dir: Option<&Path>) -> Result<Self, TemplateError> {
+        let mut sources = BTreeMap::new();
+        for (locale, kind, part, source) in EMBEDDED.iter().flatten() {
+            let origin = format!("embedded {locale}/{kind}.{part}");
+            sources.insert(key(locale, kind, part), (origin, source.to_string()));
+        }
+        if let Some(dir) = dir {
+            for file in template_dir::read(dir)? {
+                let name = key(&file.locale, file.kind.name(), file.part.extension());
+                sources.insert(name, (file.path.display().to_string(), file.source));
+            }
+        }
+        let mut env = Environment::new();
+        env.set_formatter(html_formatter);
+        env.set_auto_escape_callback(|name| {
+            if name.ends_with(".html") {
+                AutoEscape::Html
+            } else {
+                AutoEscape::None
+            }
+        });
+        // A misspelt variable fails the check at start instead of vanishing.
+        env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
+        let mut origins = BTreeMap::new();
+        for (name, (origin, source)) in sources {
+            env.add_template_owned(name.clone(), source)
+                .map_err(|e| broken(&origin, &e))?;
+            origins.insert(name, origin);
+        }
+        let templates = Self { env, origins };
+        templates.check(dir)?;
+        Ok(templates)
+    }
+
+    /// Every locale has all three parts of each kind it has, and each
+    /// renders with sample data.
+    fn check(&self, dir: Option<&Path>) -> Result<(), TemplateError> {
+        let mut locales: Vec<&str> = self
+            .origins
+            .keys()
+            .filter_map(|name| name.split_once('/').map(|(locale, _)| locale))
+            .collect();
+        locales.dedup();
+        for locale in locales {
+            for kind in TemplateKind::ALL {
+                let name = |part: Part| key(locale, kind.name(), part.extension());
+                let missing: Vec<Part> = Part::ALL
+                    .into_iter()
+                    .filter(|part| !self.origins.contains_key(&name(*part)))
+                    .collect();
+                match missing.first() {
+                    None => {}
+                    Some(_) if missing.len() == Part::ALL.len() => continue,
+                    Some(part) => {
+                        let file = format!("{}.{locale}.{}", kind.name(), part.extension());
+                        return Err(TemplateError::Directory {
+                            path: dir.map_or_else(|| file.clone().into(), |d| d.join(&file)),
+                            problem: format!(
+                                "is missing: a locale with one part of a kind needs all three \
+                                 ({0}.{locale}.subject, .txt and .html)",
+                                kind.name()
+                            ),
+                        });
+                    }
+                }
+                self.render_in(kind, locale, &MailVars::sample(kind))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Renders `kind` in the most specific locale that has it.
     pub fn render(
         &self,
         kind: TemplateKind,
         locale: &Locale,
-        context: Value,
+        vars: &MailVars,
     ) -> Result<RenderedMail, TemplateError> {
-        let prefix = self.resolve(kind, locale);
-        let part = |ext: &str| {
-            let name = format!("{prefix}/{}.{ext}", kind.name());
+        self.render_in(kind, &self.resolve(kind, locale), vars)
+    }
+
+    fn render_in(
+        &self,
+        kind: TemplateKind,
+        locale: &str,
+        vars: &MailVars,
+    ) -> Result<RenderedMail, TemplateError> {
+        let language = locale.split('-').next().unwrap_or(locale);
+        let context = vars.context(language);
+        let part = |part: Part| {
+            let name = key(locale, kind.name(), part.extension());
+            let origin = self
+                .origins
+                .get(&name)
+                .map_or(name.as_str(), String::as_str);
             self.env
                 .get_template(&name)
                 .and_then(|t| t.render(&context))
-                .map_err(|source| TemplateError::Render { name, source })
+                .map_err(|e| broken(origin, &e))
         };
         Ok(RenderedMail {
-            subject: part("subject")?.trim().to_owned(),
-            text: part("txt")?,
-            html: part("html")?,
+            locale: locale.to_owned(),
+            // One line, whatever the template's own line breaks.
+            subject: part(Part::Subject)?
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+            text: part(Part::Text)?,
+            html: part(Part::Html)?,
         })
     }
 
     /// The most specific locale that has this kind, else the default.
-    fn resolve<'a>(&self, kind: TemplateKind, locale: &'a Locale) -> &'a str {
+    fn resolve(&self, kind: TemplateKind, locale: &Locale) -> String {
         locale
             .fallbacks()
             .into_iter()
+            .map(str::to_ascii_lowercase)
             .find(|candidate| {
-                self.env
-                    .get_template(&format!("{candidate}/{}.subject", kind.name()))
-                    .is_ok()
+                self.origins
+                    .contains_key(&key(candidate, kind.name(), Part::Subject.extension()))
             })
-            .unwrap_or(DEFAULT_LOCALE)
+            .unwrap_or_else(|| DEFAULT_LOCALE.to_owned())
+    }
+}
+
+/// The error of the template from `origin`, with its line and without
+/// minijinja's internal template name.
+fn broken(origin: &str, error: &minijinja::Error) -> TemplateError {
+    let problem = match error.detail() {
+        Some(detail) => format!("{}: {detail}", error.kind()),
+        None => error.kind().to_string(),
+    };
+    TemplateError::Broken {
+        origin: origin.to_owned(),
+        line: error.line(),
+        problem,
     }
 }
 
@@ -148,64 +323,5 @@ fn html_formatter(out: &mut Output, state: &State, value: &Value) -> Result<(), 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use minijinja::context;
-
-    #[test]
-    fn every_kind_renders_in_the_default_locale() {
-        let templates = Templates::embedded().unwrap();
-        for kind in [
-            TemplateKind::Reset,
-            TemplateKind::SignUp,
-            TemplateKind::AlreadyRegistered,
-            TemplateKind::PasswordChanged,
-        ] {
-            let mail = templates
-                .render(
-                    kind,
-                    &Locale::default(),
-                    context! { display_name => "Jane", email => "jane@example.com",
-                    link => "https://app.example.com/reset?token=abc",
-                    expires_in => "30m", changed_at => "2026-11-22T04:00:00Z" },
-                )
-                .unwrap();
-            assert!(!mail.subject.is_empty());
-            // A sign-up's name is the caller's text about a stranger's
-            // address: it is not repeated in the mail.
-            let greets_by_name = kind != TemplateKind::SignUp;
-            assert_eq!(mail.text.contains("Jane"), greets_by_name, "{kind:?}");
-            assert_eq!(mail.html.contains("Jane"), greets_by_name, "{kind:?}");
-        }
-    }
-
-    #[test]
-    fn unknown_locales_fall_back_to_the_default() {
-        let templates = Templates::embedded().unwrap();
-        let locale = Locale::parse("locale", "de-CH").unwrap();
-        assert_eq!(templates.resolve(TemplateKind::Reset, &locale), "en");
-    }
-
-    #[test]
-    fn html_escapes_values() {
-        let templates = Templates::embedded().unwrap();
-        let mail = templates
-            .render(
-                TemplateKind::Reset,
-                &Locale::default(),
-                context! { display_name => "<script>", email => "a@example.com",
-                link => "https://x.example.com/?a=1&token=t", expires_in => "1h" },
-            )
-            .unwrap();
-        assert!(!mail.html.contains("<script>"));
-        assert!(mail.html.contains("&lt;script&gt;"));
-        assert!(mail.text.contains("<script>"));
-        // A link is an ordinary URL; only `&` is escaped, as HTML requires.
-        assert!(
-            mail.html
-                .contains(r#"href="https://x.example.com/?a=1&amp;token=t""#),
-            "{}",
-            mail.html
-        );
-    }
-}
+#[path = "templates_tests.rs"]
+mod tests;

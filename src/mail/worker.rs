@@ -8,7 +8,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use sea_orm::{ActiveEnum, DatabaseConnection, TransactionTrait};
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -256,11 +256,18 @@ impl MailWorker {
     ) -> Result<(), StoreFailure> {
         let now = self.clock.now_millis();
         let error = match result {
-            Ok(Outcome::Sent { request_id, kind }) => {
+            Ok(Outcome::Sent {
+                request_id,
+                kind,
+                template,
+            }) => {
                 tracing::info!("mail accepted for delivery");
-                return self
-                    .record_sent(job, request_id.as_deref(), kind, recipient, now)
-                    .await;
+                let sent = Sent {
+                    request_id: request_id.as_deref(),
+                    kind,
+                    detail: template.name(),
+                };
+                return self.record_sent(job, sent, recipient, now).await;
             }
             Ok(Outcome::Skipped(reason)) => {
                 tracing::info!(reason, "no mail to send");
@@ -314,27 +321,25 @@ impl MailWorker {
     async fn record_sent(
         &self,
         job: &MailJob,
-        request_id: Option<&str>,
-        kind: MailKind,
+        sent: Sent<'_>,
         recipient: &str,
         now: i64,
     ) -> Result<(), StoreFailure> {
         let tx = self.db.begin().await.context("starting a transaction")?;
-        let written = outbox::finish(&tx, job, MailStatus::Sent, kind, now)
+        let written = outbox::finish(&tx, job, MailStatus::Sent, sent.kind, now)
             .await
             .context("marking the job sent")?;
         if !written {
             lease_lost();
             return tx.rollback().await.context("rolling back");
         }
-        let kind = kind.to_value();
         audit::record(
             &tx,
             AuditKind::Mailed,
             AuditEvent {
-                request_id,
+                request_id: sent.request_id,
                 email_hint: Some(recipient.to_owned()),
-                detail: Some(&kind),
+                detail: Some(sent.detail),
                 ..Default::default()
             },
             now,
@@ -343,6 +348,14 @@ impl MailWorker {
         .context("auditing the sent mail")?;
         tx.commit().await.context("committing the sent mail")
     }
+}
+
+/// A sent job: its kind as the outbox keeps it, and the mail actually sent
+/// (the audit's detail).
+struct Sent<'a> {
+    request_id: Option<&'a str>,
+    kind: MailKind,
+    detail: &'a str,
 }
 
 /// Logs that this worker's lease on the job lapsed and its outcome was not

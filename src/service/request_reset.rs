@@ -35,10 +35,21 @@ pub struct LinkRequestInput {
 pub(super) struct LinkRequest {
     pub email: EmailAddress,
     pub display_name: DisplayName,
-    pub locale: Locale,
+    /// `None` when the caller named none: the mail worker then uses the
+    /// account's, if there is one.
+    pub locale: Option<Locale>,
     pub page: ResetUrl,
     pub ip: Option<String>,
     pub caller: Option<String>,
+}
+
+impl LinkRequest {
+    /// The caller's locale, or "" for none (the worker decides).
+    pub(super) fn locale_or_empty(&self) -> String {
+        self.locale
+            .as_ref()
+            .map_or_else(String::new, |l| l.as_str().to_owned())
+    }
 }
 
 pub(super) fn parse(
@@ -48,7 +59,10 @@ pub(super) fn parse(
     let mut violations = Violations::default();
     let email = violations.check(EmailAddress::parse("email", &input.email));
     let display_name = violations.check(DisplayName::parse("display_name", &input.display_name));
-    let locale = violations.check(Locale::parse("locale", &input.locale));
+    let locale = violations.check(match input.locale.trim() {
+        "" => Ok(None),
+        raw => Locale::parse("locale", raw).map(Some),
+    });
     let page = violations.check(ctx.reset_page("reset_url", &input.reset_url));
     let client = violations.check(ClientContext::parse(
         &input.client_ip,
@@ -76,7 +90,7 @@ pub async fn request_reset(
 ) -> Result<(), ServiceError> {
     let request = parse(ctx, &input)?;
     let intent = MailIntent::Reset {
-        locale: request.locale.as_str().to_owned(),
+        locale: request.locale_or_empty(),
         reset_url: request.page.as_template(),
     };
     queue(ctx, &request, &intent, Purpose::Reset).await

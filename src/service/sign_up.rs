@@ -12,7 +12,7 @@ pub async fn sign_up(ctx: &ServiceContext, input: LinkRequestInput) -> Result<()
     let request = parse(ctx, &input)?;
     let intent = MailIntent::SignUp {
         display_name: request.display_name.as_str().to_owned(),
-        locale: request.locale.as_str().to_owned(),
+        locale: request.locale_or_empty(),
         reset_url: request.page.as_template(),
     };
     queue(ctx, &request, &intent, Purpose::SignUp).await

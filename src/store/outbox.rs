@@ -24,7 +24,8 @@ pub use mail_outbox::Model as MailJob;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MailIntent {
-    /// A reset link, if the address has an account.
+    /// A reset link, if the address has an account. An empty locale
+    /// means the caller named none: the account's is used.
     Reset { locale: String, reset_url: String },
     /// A sign-up link, or "already registered" if the address has an account.
     SignUp {

@@ -19,6 +19,7 @@ mod reset;
 mod retention;
 mod secrets;
 mod sign_up;
+mod templates;
 mod tls;
 mod tokens;
 mod validation;
