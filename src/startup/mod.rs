@@ -38,8 +38,14 @@ use crate::{
     },
     security::{hashing::PasswordHasher, tls::ReloadingAcceptor},
     service::{Admission, Readiness, RetentionPolicy, ServiceContext, run_retention},
-    store, telemetry,
+    store,
 };
+
+mod commands;
+mod lifecycle;
+
+pub use commands::{check_config, migrate, preview_mail, serve, shutdown_on_signal};
+use lifecycle::{serve_health, set_ready, stop_serving_after_delay, watch_readiness};
 
 /// The layers in front of every service, outermost first: transport
 /// (framing, size, deadline), caller authentication, load shedding.
@@ -52,7 +58,7 @@ const POOL_QUEUE_WAIT: Duration = Duration::from_millis(250);
 
 /// Health services that follow database readiness: the server as a whole,
 /// the Kubernetes readiness name, and each rekey service.
-const READY_SERVICES: [&str; 5] = [
+pub(super) const READY_SERVICES: [&str; 5] = [
     "",
     "readiness",
     <PasswordResetServer<PasswordResetService> as NamedService>::NAME,
@@ -358,120 +364,9 @@ impl App {
     }
 }
 
-/// `rekey serve`: logs, builds, and serves until Ctrl-C or SIGTERM.
-pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    telemetry::init(settings.log_format)?;
-    let app = App::build(settings).await?;
-    app.run_until_stopped(shutdown_on_signal()).await
-}
-
-/// `rekey migrate`: applies pending migrations and returns. It needs the
-/// database URL alone, so a migration job needs no mail or link settings.
-pub async fn migrate(settings: &crate::config::MigrateSettings) -> anyhow::Result<()> {
-    let db = store::connect(&settings.database_url, settings.database_pool.clone())
-        .await
-        .context("connecting to the database")?;
-    let applied = store::migrate(&db).await.context("applying migrations")?;
-    println!("migrations applied: {applied}");
-    Ok(())
-}
-
-/// `rekey check-config`: reports what the settings amount to, once the
-/// parts that can be built without the network (the mail transport) are.
-/// With `connect`, it also reaches the database (`SELECT 1`) and the mail
-/// transport (the SMTP relay: greeting, TLS, login and NOOP; or a file
-/// written to the mail directory), reports each as `ok` or `FAILED: reason`,
-/// and fails if either does. Reasons are masked of every secret setting.
-pub async fn check_config(settings: &Settings, connect: bool) -> anyhow::Result<()> {
-    use sea_orm::ConnectionTrait as _;
-
-    /// The causes of `error`, each once (lettre and sea-orm repeat their
-    /// source in their own message), with no secret.
-    fn reason(settings: &Settings, error: &anyhow::Error) -> String {
-        let mut text = String::new();
-        for cause in error.chain().map(ToString::to_string) {
-            if !text.contains(&cause) {
-                text.push_str(if text.is_empty() { "" } else { ": " });
-                text.push_str(&cause);
-            }
-        }
-        settings.redact(&text)
-    }
-
-    let transport =
-        mail_transport(&settings.mail.transport).context("setting up the mail transport")?;
-    println!("configuration OK\n{}", settings.summary());
-    if !connect {
-        return Ok(());
-    }
-    let database = async {
-        let reach = async {
-            let db = store::connect(&settings.database_url, settings.database_pool.clone()).await?;
-            db.execute_unprepared("SELECT 1").await?;
-            anyhow::Ok(())
-        };
-        tokio::time::timeout(Duration::from_secs(15), reach)
-            .await
-            .map_err(|_| anyhow::anyhow!("no answer within 15s"))?
-    };
-    let mail = async {
-        if let MailTransport::Smtp {
-            transport,
-            send_timeout,
-        } = &transport
-        {
-            let answered = tokio::time::timeout(*send_timeout, transport.test_connection())
-                .await
-                .map_err(|_| anyhow::anyhow!("no answer within {send_timeout:?}"))??;
-            anyhow::ensure!(answered, "the relay did not answer NOOP");
-        } else if let MailTransportSettings::File { dir } = &settings.mail.transport {
-            let probe = dir.join(format!(".rekey-check-{}", uuid::Uuid::new_v4()));
-            tokio::fs::write(&probe, "written by rekey check-config --connect\n")
-                .await
-                .context("cannot write a file there")?;
-            tokio::fs::remove_file(&probe)
-                .await
-                .context("cannot remove a file written there")?;
-        }
-        anyhow::Ok(())
-    };
-    let (database, mail) = tokio::join!(database, mail);
-    let mut failed = Vec::new();
-    for (name, outcome) in [
-        ("database".to_owned(), database),
-        (settings.mail.transport.to_string(), mail),
-    ] {
-        match outcome {
-            Ok(()) => println!("{name}: ok"),
-            Err(error) => {
-                println!("{name}: FAILED: {}", reason(settings, &error));
-                failed.push(name);
-            }
-        }
-    }
-    anyhow::ensure!(
-        failed.is_empty(),
-        "connection check failed: {}",
-        failed.join(", ")
-    );
-    Ok(())
-}
-
-/// `rekey preview-mail`: prints `kind` in `locale`, rendered with sample
-/// data, from the templates the server would use.
-pub fn preview_mail(
-    settings: &crate::config::PreviewSettings,
-    kind: crate::mail::templates::TemplateKind,
-    locale: &crate::domain::Locale,
-) -> anyhow::Result<()> {
-    print!(
-        "{}",
-        crate::mail::preview::preview(&settings.templates, kind, locale)?
-    );
-    Ok(())
-}
-
-fn mail_transport(settings: &MailTransportSettings) -> Result<MailTransport, TransportError> {
+pub(super) fn mail_transport(
+    settings: &MailTransportSettings,
+) -> Result<MailTransport, TransportError> {
     match settings {
         MailTransportSettings::Smtp {
             url,
@@ -486,64 +381,6 @@ fn mail_transport(settings: &MailTransportSettings) -> Result<MailTransport, Tra
     }
 }
 
-/// A token cancelled on Ctrl-C or SIGTERM.
-pub fn shutdown_on_signal() -> CancellationToken {
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    shutdown
-}
-
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::warn!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    shutdown.cancel();
-}
-
-/// Serves `grpc.health.v1` alone, in plaintext: Kubernetes' `grpc:` probes
-/// cannot speak TLS. The same transport limits apply.
-async fn serve_health(
-    listener: TcpListener,
-    health: HealthServer<HealthService>,
-    transport: TransportLimits,
-    shutdown: CancellationToken,
-) {
-    let accept = Accept {
-        tls: None,
-        handshake_timeout: Duration::ZERO,
-        idle_timeout: transport.connection_idle_timeout,
-    };
-    let incoming = incoming::accept(listener, accept, shutdown.clone());
-    let served = grpc::server(&transport)
-        .add_service(health)
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
-        .await;
-    if let Err(error) = served {
-        tracing::error!(%error, "the health port stopped");
-    }
-}
-
 /// Reflection describes everything served, so `grpcurl list` shows it all.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
@@ -551,17 +388,6 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
-}
-
-async fn set_ready(reporter: &HealthReporter, ready: bool) {
-    let status = if ready {
-        ServingStatus::Serving
-    } else {
-        ServingStatus::NotServing
-    };
-    for service in READY_SERVICES {
-        reporter.set_service_status(service, status).await;
-    }
 }
 
 /// One line saying what this process is: version, database (no
@@ -592,66 +418,4 @@ fn log_start(settings: &Settings, migrations_applied: usize) {
         limit_auth_failures = limit(settings.limits.auth_failures),
         "rekey starting"
     );
-}
-
-/// Cancels `stop_serving` `delay` after `shutdown`: in between, readiness
-/// says not serving while calls are still answered.
-async fn stop_serving_after_delay(
-    shutdown: CancellationToken,
-    stop_serving: CancellationToken,
-    delay: Duration,
-) {
-    tokio::select! {
-        () = shutdown.cancelled() => {}
-        () = stop_serving.cancelled() => return,
-    }
-    if !delay.is_zero() {
-        tracing::info!(
-            ?delay,
-            "shutting down: not ready; still serving while endpoints are removed"
-        );
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = stop_serving.cancelled() => {}
-        }
-    }
-    stop_serving.cancel();
-}
-
-/// Keeps readiness in step with the database until shutdown, then reports
-/// not serving so load balancers drain this replica. A pool whose every
-/// connection is in use is busy, not down: the check, which would wait out
-/// the pool, is skipped then.
-async fn watch_readiness(
-    reporter: HealthReporter,
-    readiness: Readiness,
-    db: DatabaseConnection,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut was_ready = None;
-    loop {
-        let ready = match was_ready {
-            Some(ready) if store::pool_exhausted(&db) => ready,
-            _ => store::is_ready(&db).await,
-        };
-        readiness.set(ready);
-        if was_ready != Some(ready) {
-            if ready {
-                tracing::info!("database reachable; ready");
-            } else {
-                tracing::warn!("database unreachable or migrations pending; not ready");
-            }
-            set_ready(&reporter, ready).await;
-            was_ready = Some(ready);
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(interval) => {}
-        }
-    }
-    set_ready(&reporter, false).await;
-    reporter
-        .set_service_status("liveness", ServingStatus::NotServing)
-        .await;
 }
