@@ -1,7 +1,7 @@
 use tonic::{Request, Response, Status};
 
 use super::{
-    caller_name,
+    caller_name, millis,
     pb::{self, admin_server::Admin},
     timestamp, to_status,
 };
@@ -190,11 +190,7 @@ fn request_view(view: RequestView) -> pb::AdminRequest {
     } = view;
     pb::AdminRequest {
         request_id: request.id,
-        purpose: match request.purpose {
-            Purpose::Reset => pb::Purpose::Reset,
-            Purpose::SignUp => pb::Purpose::SignUp,
-        }
-        .into(),
+        purpose: pb::Purpose::from(request.purpose).into(),
         state: match state {
             RequestState::Open => pb::RequestState::Open,
             RequestState::Expired => pb::RequestState::Expired,
@@ -240,11 +236,4 @@ fn mail_view(view: MailView) -> pb::MailJob {
         sent_at: job.sent_at.map(timestamp),
         request_id: job.request_id.unwrap_or_default(),
     }
-}
-
-/// A protobuf timestamp as Unix milliseconds.
-fn millis(t: &prost_types::Timestamp) -> i64 {
-    t.seconds
-        .saturating_mul(1000)
-        .saturating_add(i64::from(t.nanos / 1_000_000))
 }

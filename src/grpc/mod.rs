@@ -168,6 +168,22 @@ fn retry_later(code: Code, message: &str, retry_after: Duration) -> Status {
     )
 }
 
+impl From<crate::domain::Purpose> for pb::Purpose {
+    fn from(purpose: crate::domain::Purpose) -> Self {
+        match purpose {
+            crate::domain::Purpose::Reset => pb::Purpose::Reset,
+            crate::domain::Purpose::SignUp => pb::Purpose::SignUp,
+        }
+    }
+}
+
+/// A protobuf timestamp as Unix milliseconds; the inverse of [`timestamp`].
+fn millis(t: &prost_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(t.nanos / 1_000_000))
+}
+
 /// Unix milliseconds as a protobuf timestamp.
 fn timestamp(millis: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -249,5 +265,6 @@ mod tests {
     fn timestamps_convert_from_millis() {
         let ts = timestamp(1_700_000_000_123);
         assert_eq!((ts.seconds, ts.nanos), (1_700_000_000, 123_000_000));
+        assert_eq!(millis(&ts), 1_700_000_000_123);
     }
 }

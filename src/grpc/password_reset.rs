@@ -5,10 +5,7 @@ use super::{
     pb::{self, password_reset_server::PasswordReset},
     timestamp, to_status,
 };
-use crate::{
-    domain::Purpose,
-    service::{self, LinkRequestInput, ResetPasswordInput, ServiceContext},
-};
+use crate::service::{self, LinkRequestInput, ResetPasswordInput, ServiceContext};
 
 /// `rekey.v1.PasswordReset`.
 pub struct PasswordResetService {
@@ -77,12 +74,8 @@ impl PasswordReset for PasswordResetService {
         let info = service::verify_token(&self.ctx, &token, caller.as_deref())
             .await
             .map_err(to_status)?;
-        let purpose = match info.purpose {
-            Purpose::Reset => pb::Purpose::Reset,
-            Purpose::SignUp => pb::Purpose::SignUp,
-        };
         Ok(Response::new(pb::VerifyTokenResponse {
-            purpose: purpose.into(),
+            purpose: pb::Purpose::from(info.purpose).into(),
             expires_at: Some(timestamp(info.expires_at)),
             email_hint: info.email_hint,
         }))

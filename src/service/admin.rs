@@ -78,13 +78,20 @@ impl PageRequest {
     }
 }
 
-/// Cuts a list fetched one longer than `size` back to `size`; true if
-/// there was more, so a next page exists.
-fn trim_to<T>(items: &mut Vec<T>, size: u64) -> bool {
+/// Cuts a list fetched one longer than `size` back to `size`; when there
+/// was more, the token of the page after it, keyed by its last item.
+fn next_page<T>(
+    items: &mut Vec<T>,
+    size: u64,
+    list: &str,
+    key: impl Fn(&T) -> String,
+) -> Option<String> {
     let size = usize::try_from(size).unwrap_or(usize::MAX);
     let more = items.len() > size;
     items.truncate(size);
-    more
+    more.then(|| items.last())
+        .flatten()
+        .map(|last| page_token(list, &key(last)))
 }
 
 fn page_token(list: &str, key: &str) -> String {
@@ -126,15 +133,13 @@ pub async fn list_requests(
     let mut found = admin::list_requests(&ctx.db, filter, after, size + 1, now)
         .await
         .context("listing requests")?;
-    let more = trim_to(&mut found, size);
+    let next_page_token = next_page(&mut found, size, "requests", |last| {
+        format!("{}/{}", last.created_at, last.id)
+    });
     let ids: Vec<String> = found.iter().map(|r| r.id.clone()).collect();
     let sent = admin::mails_sent(&ctx.db, &ids)
         .await
         .context("counting the mails sent per request")?;
-    let next_page_token = more
-        .then(|| found.last())
-        .flatten()
-        .map(|last| page_token("requests", &format!("{}/{}", last.created_at, last.id)));
     let items = found
         .into_iter()
         .map(|request| RequestView {
@@ -216,10 +221,7 @@ pub async fn list_mail(
     let mut jobs = admin::list_mail(&ctx.db, status, kind, before, size + 1)
         .await
         .context("listing mail jobs")?;
-    let next_page_token = trim_to(&mut jobs, size)
-        .then(|| jobs.last())
-        .flatten()
-        .map(|last| page_token("mail", &last.id.to_string()));
+    let next_page_token = next_page(&mut jobs, size, "mail", |last| last.id.to_string());
     Ok(Page {
         items: jobs.into_iter().map(mail_view).collect(),
         next_page_token,
@@ -332,10 +334,7 @@ pub async fn list_audit_events(
     let mut events = admin::list_audit(&ctx.db, filter, before, size + 1)
         .await
         .context("listing audit events")?;
-    let next_page_token = trim_to(&mut events, size)
-        .then(|| events.last())
-        .flatten()
-        .map(|last| page_token("audit", &last.id.to_string()));
+    let next_page_token = next_page(&mut events, size, "audit", |last| last.id.to_string());
     Ok(Page {
         items: events,
         next_page_token,

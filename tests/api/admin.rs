@@ -17,6 +17,18 @@ async fn list_requests(
     app.admin.list_requests(request).await.unwrap().into_inner()
 }
 
+async fn audit_events(
+    app: &mut TestApp,
+    request: pb::ListAuditEventsRequest,
+) -> Vec<pb::AuditEvent> {
+    app.admin
+        .list_audit_events(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+}
+
 /// Every page of open requests, `page_size` at a time.
 async fn all_pages(app: &mut TestApp, page_size: i32) -> Vec<Vec<pb::AdminRequest>> {
     let mut pages = Vec::new();
@@ -192,16 +204,14 @@ async fn a_revoked_request_stops_its_link(backend: Backend) {
         .unwrap_err();
     assert_error(&unknown, tonic::Code::NotFound, Some("REQUEST_NOT_FOUND"));
 
-    let revocations = app
-        .admin
-        .list_audit_events(pb::ListAuditEventsRequest {
+    let revocations = audit_events(
+        &mut app,
+        pb::ListAuditEventsRequest {
             kind: "revoked".into(),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+        },
+    )
+    .await;
     assert_eq!(revocations.len(), 1);
     assert_eq!(revocations[0].request_id, request_id);
     assert_eq!(revocations[0].email_hint, "j***@example.com");
@@ -266,16 +276,14 @@ async fn a_dead_letter_is_listed_retried_and_delivered_with_a_working_link(backe
         tonic::Code::FailedPrecondition,
         Some("MAIL_NOT_DEAD"),
     );
-    let retries = app
-        .admin
-        .list_audit_events(pb::ListAuditEventsRequest {
+    let retries = audit_events(
+        &mut app,
+        pb::ListAuditEventsRequest {
             kind: "mail_retried".into(),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+        },
+    )
+    .await;
     assert_eq!(retries.len(), 1);
 }
 flow_test!(a_dead_letter_is_listed_retried_and_delivered_with_a_working_link);
@@ -316,31 +324,27 @@ async fn audit_events_filter_and_page_and_stats_add_up(backend: Backend) {
     }
     assert_eq!(seen.len(), 4);
     assert!(seen.windows(2).all(|w| w[0].event_id > w[1].event_id));
-    let janes = app
-        .admin
-        .list_audit_events(pb::ListAuditEventsRequest {
+    let janes = audit_events(
+        &mut app,
+        pb::ListAuditEventsRequest {
             account_id: jane.clone(),
             kind: "authentication_failed".into(),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+        },
+    )
+    .await;
     assert_eq!(janes.len(), 3);
-    let future = app
-        .admin
-        .list_audit_events(pb::ListAuditEventsRequest {
+    let future = audit_events(
+        &mut app,
+        pb::ListAuditEventsRequest {
             since: Some(prost_types::Timestamp {
                 seconds: 4_000_000_000,
                 nanos: 0,
             }),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+        },
+    )
+    .await;
     assert!(future.is_empty());
     let bad_kind = app
         .admin

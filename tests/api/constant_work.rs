@@ -6,14 +6,11 @@ use rekey::store::{
     AuditKind,
     entities::{audit_event, mail_outbox},
 };
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    Statement,
-};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
 
 use crate::{
     flow_test,
-    helpers::{Backend, TestApp, spawn_app},
+    helpers::{Backend, TestApp, count_rows, spawn_app},
 };
 
 /// Rows the RPCs write (the mail worker writes others, later).
@@ -25,19 +22,9 @@ struct Written {
 }
 
 async fn written(db: &DatabaseConnection) -> Written {
-    let counters = db
-        .query_one_raw(Statement::from_string(
-            db.get_database_backend(),
-            "SELECT COUNT(*) AS n FROM rate_limits",
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get::<i64>("", "n")
-        .unwrap();
     Written {
         mail_jobs: mail_outbox::Entity::find().count(db).await.unwrap(),
-        rate_limit_counters: counters as u64,
+        rate_limit_counters: count_rows(db, "rate_limits").await,
         rpc_audit_events: audit_event::Entity::find()
             .filter(audit_event::Column::Kind.is_in([
                 AuditKind::ResetRequested,

@@ -11,7 +11,7 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, Quer
 
 use crate::{
     flow_test,
-    helpers::{Backend, TestApp, eventually, spawn_app_with},
+    helpers::{Backend, TestApp, count_rows, eventually, spawn_app_with},
 };
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -36,18 +36,7 @@ async fn kept(db: &DatabaseConnection) -> Kept {
         .map(|m| (m.recipient, m.status))
         .collect();
     mail.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
-    let rate_limits = {
-        use sea_orm::{ConnectionTrait, Statement};
-        let row = db
-            .query_one_raw(Statement::from_string(
-                db.get_database_backend(),
-                "SELECT COUNT(*) AS n FROM rate_limits",
-            ))
-            .await
-            .unwrap()
-            .unwrap();
-        row.try_get::<i64>("", "n").unwrap() as u64
-    };
+    let rate_limits = count_rows(db, "rate_limits").await;
     Kept {
         accounts: account::Entity::find().count(db).await.unwrap(),
         requests: request::Entity::find().count(db).await.unwrap(),

@@ -105,3 +105,17 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
         .unwrap_or_default()
 }
+
+/// Rows in `table`, for tables without an entity (`rate_limits`).
+pub async fn count_rows(db: &sea_orm::DatabaseConnection, table: &str) -> u64 {
+    use sea_orm::{ConnectionTrait, Statement};
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT COUNT(*) AS n FROM {table}"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    u64::try_from(row.try_get::<i64>("", "n").unwrap()).unwrap()
+}
