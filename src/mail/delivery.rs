@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::{DatabaseConnection, DatabaseTransaction};
 
 use super::{
     mailer::{MailError, Mailer},
@@ -19,6 +19,7 @@ use crate::{
     },
     store::{
         MailKind, StoreContext, StoreError, StoreFailure, accounts, audit,
+        group_commit::{Decision, GroupCommit, WorkFuture},
         outbox::{self, MailIntent, MailJob},
         requests::{self, NewRequest, Request},
     },
@@ -95,6 +96,7 @@ impl DeliveryError {
 #[derive(Clone)]
 pub struct Delivery {
     db: DatabaseConnection,
+    writes: GroupCommit,
     mailer: Mailer,
     lifetimes: LinkLifetimes,
     /// The pages links may point at now: a job queued before the list
@@ -109,6 +111,7 @@ pub struct Delivery {
 impl Delivery {
     pub fn new(
         db: DatabaseConnection,
+        writes: GroupCommit,
         mailer: Mailer,
         lifetimes: LinkLifetimes,
         allowed_pages: ResetUrlAllowList,
@@ -117,6 +120,7 @@ impl Delivery {
     ) -> Self {
         Self {
             db,
+            writes,
             mailer,
             lifetimes,
             allowed_pages,
@@ -243,7 +247,8 @@ impl Delivery {
         opened: RequestToOpen<'_>,
         page: &ResetUrl,
     ) -> Result<Outcome, DeliveryError> {
-        let Some(request) = self.ensure_request(job, email, opened).await? else {
+        let token = Token::mint().map_err(DeliveryError::Token)?;
+        let Some(request) = self.ensure_request(job, email, opened, &token).await? else {
             return Ok(Outcome::Skipped("request no longer open"));
         };
         let kind = link_kind(job.kind, request.purpose);
@@ -254,11 +259,7 @@ impl Delivery {
             MailKind::PasswordChanged => TemplateKind::PasswordChanged,
         };
         record_kind(template);
-        let token = Token::mint().map_err(DeliveryError::Token)?;
         let now = self.clock.now_millis();
-        requests::add_token_digest(&self.db, &request.id, token.digest().as_str(), now)
-            .await
-            .context("storing the token digest")?;
         let locale = Locale::parse("locale", &request.locale).unwrap_or_default();
         let vars = MailVars::link(
             &request.display_name,
@@ -277,8 +278,9 @@ impl Delivery {
         })
     }
 
-    /// The job's request: the one a previous attempt opened, or a new one
-    /// that supersedes the email's open request of the same purpose.
+    /// The job's request, with `token`'s digest stored for it: the one a
+    /// previous attempt opened, or a new one that supersedes the email's
+    /// open request of the same purpose (one group-committed write).
     /// `None` when the job's request was since used or revoked; an error
     /// when it expired, so that the job becomes a dead letter saying so.
     async fn ensure_request(
@@ -286,50 +288,89 @@ impl Delivery {
         job: &MailJob,
         email: &EmailAddress,
         opened: RequestToOpen<'_>,
+        token: &Token,
     ) -> Result<Option<Request>, DeliveryError> {
         let now = self.clock.now_millis();
+        let digest = token.digest().as_str().to_owned();
         if let Some(request_id) = &job.request_id {
             let request = requests::find(&self.db, request_id)
                 .await
                 .context("finding the job's request")?;
-            return match request.map(|r| (r.state(now), r)) {
-                Some((RequestState::Open, request)) => Ok(Some(request)),
-                Some((RequestState::Expired, _)) => Err(DeliveryError::RequestExpired),
-                _ => Ok(None),
+            let request = match request.map(|r| (r.state(now), r)) {
+                Some((RequestState::Open, request)) => request,
+                Some((RequestState::Expired, _)) => return Err(DeliveryError::RequestExpired),
+                _ => return Ok(None),
             };
+            let request_id = request.id.clone();
+            self.writes
+                .write(
+                    move |tx: &DatabaseTransaction| -> WorkFuture<'_, (), DeliveryError> {
+                        Box::pin(async move {
+                            requests::add_token_digest(tx, &request_id, &digest, now)
+                                .await
+                                .context("storing the token digest")?;
+                            Ok(Decision::Keep(()))
+                        })
+                    },
+                )
+                .await?;
+            return Ok(Some(request));
         }
-        let tx = self.db.begin().await.context("starting a transaction")?;
-        let revoked = requests::revoke_open(&tx, email.as_str(), Some(opened.purpose), now)
-            .await
-            .context("revoking the superseded request")?;
-        let superseded = "superseded by a new request";
-        audit::record_revocations(&tx, revoked, &email.masked(), superseded, None, now)
-            .await
-            .context("auditing the revocation")?;
-        let request = requests::insert(
-            &tx,
-            NewRequest {
-                purpose: opened.purpose,
-                email: email.as_str(),
-                account_id: opened.account_id,
-                display_name: opened.display_name,
-                locale: opened.locale,
-                now,
-                expires_at: now.saturating_add(duration_millis(self.lifetimes.of(opened.purpose))),
-            },
-        )
-        .await
-        .context("opening the request")?;
-        let kind = link_kind(job.kind, opened.purpose);
-        let linked = outbox::set_request(&tx, job, &request.id, kind)
-            .await
-            .context("linking the job to its request")?;
-        if !linked {
-            // Dropping the transaction undoes the new request.
-            return Err(DeliveryError::LeaseLost);
-        }
-        tx.commit().await.context("committing the new request")?;
-        Ok(Some(request))
+        let job = job.clone();
+        let email = email.clone();
+        let purpose = opened.purpose;
+        let account_id = opened.account_id.map(str::to_owned);
+        let display_name = opened.display_name.to_owned();
+        let locale = opened.locale.to_owned();
+        let expires_at = now.saturating_add(duration_millis(self.lifetimes.of(purpose)));
+        let request = self
+            .writes
+            .write(
+                move |tx: &DatabaseTransaction| -> WorkFuture<'_, Option<Request>, DeliveryError> {
+                    Box::pin(async move {
+                        let revoked = requests::revoke_open(tx, email.as_str(), Some(purpose), now)
+                            .await
+                            .context("revoking the superseded request")?;
+                        let superseded = "superseded by a new request";
+                        audit::record_revocations(
+                            tx,
+                            revoked,
+                            &email.masked(),
+                            superseded,
+                            None,
+                            now,
+                        )
+                        .await
+                        .context("auditing the revocation")?;
+                        let new_request = NewRequest {
+                            purpose,
+                            email: email.as_str(),
+                            account_id: account_id.as_deref(),
+                            display_name: &display_name,
+                            locale: &locale,
+                            now,
+                            expires_at,
+                        };
+                        let request = requests::insert(tx, new_request)
+                            .await
+                            .context("opening the request")?;
+                        let kind = link_kind(job.kind, purpose);
+                        let linked = outbox::set_request(tx, &job, &request.id, kind)
+                            .await
+                            .context("linking the job to its request")?;
+                        if !linked {
+                            // Undoes the new request.
+                            return Ok(Decision::Discard(None));
+                        }
+                        requests::add_token_digest(tx, &request.id, &digest, now)
+                            .await
+                            .context("storing the token digest")?;
+                        Ok(Decision::Keep(Some(request)))
+                    })
+                },
+            )
+            .await?;
+        request.map(Some).ok_or(DeliveryError::LeaseLost)
     }
 }
 

@@ -8,7 +8,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::{DatabaseConnection, DatabaseTransaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -26,6 +26,7 @@ use crate::{
     store::{
         AuditKind, MailKind, MailStatus, StoreContext, StoreFailure,
         audit::{self, AuditEvent},
+        group_commit::{Decision, GroupCommit, WorkFuture},
         outbox::{self, MailJob},
         rate_limits::{self, Charge},
     },
@@ -66,6 +67,7 @@ impl WorkerOptions {
 #[derive(Clone)]
 pub struct MailWorker {
     db: DatabaseConnection,
+    writes: GroupCommit,
     delivery: Delivery,
     options: WorkerOptions,
     wake: Arc<Notify>,
@@ -76,6 +78,7 @@ impl MailWorker {
     /// `wake` is notified by whoever queues a job.
     pub fn new(
         db: DatabaseConnection,
+        writes: GroupCommit,
         delivery: Delivery,
         options: WorkerOptions,
         wake: Arc<Notify>,
@@ -83,6 +86,7 @@ impl MailWorker {
     ) -> Self {
         Self {
             db,
+            writes,
             delivery,
             options,
             wake,
@@ -316,8 +320,9 @@ impl MailWorker {
         Ok(())
     }
 
-    /// Marks the job sent and audits it, in one transaction; neither
-    /// happens when the lease was lost (the new holder sends and audits).
+    /// Marks the job sent and audits it, in one group-committed write;
+    /// neither happens when the lease was lost (the new holder sends and
+    /// audits).
     async fn record_sent(
         &self,
         job: &MailJob,
@@ -325,28 +330,39 @@ impl MailWorker {
         recipient: &str,
         now: i64,
     ) -> Result<(), StoreFailure> {
-        let tx = self.db.begin().await.context("starting a transaction")?;
-        let written = outbox::finish(&tx, job, MailStatus::Sent, sent.kind, now)
-            .await
-            .context("marking the job sent")?;
+        let job = job.clone();
+        let request_id = sent.request_id.map(str::to_owned);
+        let (kind, detail) = (sent.kind, sent.detail.to_owned());
+        let recipient = recipient.to_owned();
+        let written = self
+            .writes
+            .write(
+                move |tx: &DatabaseTransaction| -> WorkFuture<'_, bool, StoreFailure> {
+                    Box::pin(async move {
+                        let written = outbox::finish(tx, &job, MailStatus::Sent, kind, now)
+                            .await
+                            .context("marking the job sent")?;
+                        if !written {
+                            return Ok(Decision::Discard(false));
+                        }
+                        let event = AuditEvent {
+                            request_id: request_id.as_deref(),
+                            email_hint: Some(recipient),
+                            detail: Some(&detail),
+                            ..Default::default()
+                        };
+                        audit::record(tx, AuditKind::Mailed, event, now)
+                            .await
+                            .context("auditing the sent mail")?;
+                        Ok(Decision::Keep(true))
+                    })
+                },
+            )
+            .await?;
         if !written {
             lease_lost();
-            return tx.rollback().await.context("rolling back");
         }
-        audit::record(
-            &tx,
-            AuditKind::Mailed,
-            AuditEvent {
-                request_id: sent.request_id,
-                email_hint: Some(recipient.to_owned()),
-                detail: Some(sent.detail),
-                ..Default::default()
-            },
-            now,
-        )
-        .await
-        .context("auditing the sent mail")?;
-        tx.commit().await.context("committing the sent mail")
+        Ok(())
     }
 }
 

@@ -8,13 +8,14 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use argon2::{
-    Algorithm, Argon2, Params, PasswordHash, PasswordHasher as _, PasswordVerifier, Version,
-    password_hash::SaltString,
-};
-use rand::{TryRngCore, rngs::OsRng};
+use argon2::{Algorithm, Argon2, Params, PasswordHash, Version};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{
+    argon::{self, BlockMemory},
+    hash_threads::{HashThreads, ThreadsGone},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
@@ -25,8 +26,10 @@ pub enum HashError {
     Salt(#[source] rand::rand_core::OsError),
     #[error("argon2id failed")]
     Argon2(#[source] argon2::password_hash::Error),
-    #[error("the hashing thread failed")]
-    Thread(#[source] tokio::task::JoinError),
+    #[error("starting the hashing threads")]
+    Start(#[source] std::io::Error),
+    #[error(transparent)]
+    Threads(#[from] ThreadsGone),
 }
 
 /// The outcome of checking a password against a stored hash.
@@ -38,10 +41,11 @@ pub struct Verification {
     pub rehashed: Option<String>,
 }
 
-/// Hashes and verifies passwords with Argon2id on blocking threads.
+/// Hashes and verifies passwords with Argon2id on dedicated threads.
 #[derive(Clone)]
 pub struct PasswordHasher {
     argon: Argon2<'static>,
+    threads: HashThreads,
     running: Arc<Semaphore>,
     admitted: Arc<Semaphore>,
     /// Admission places in all: running plus queued.
@@ -52,15 +56,25 @@ pub struct PasswordHasher {
     dummy_hash: Arc<str>,
 }
 
+/// A place in the pool, taken before any other work of the call, so a
+/// saturated pool refuses at once and a refusal costs no database work.
+/// The place is held until every piece of work run under it has ended.
+pub struct HashSlot {
+    pool: PasswordHasher,
+    admitted: Arc<OwnedSemaphorePermit>,
+}
+
 impl PasswordHasher {
     /// A pool hashing with `params`, `concurrency` hashes at once, and at
     /// most `queue_depth` callers waiting for a slot.
     pub fn new(params: Params, concurrency: usize, queue_depth: usize) -> Result<Self, HashError> {
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let concurrency = concurrency.max(1);
-        let dummy_hash = hash_blocking(&argon, "rekey dummy password for unknown accounts")?;
+        let threads = HashThreads::start(concurrency, argon.params()).map_err(HashError::Start)?;
+        let dummy_hash = argon::unmatchable(&argon)?;
         Ok(Self {
             argon,
+            threads,
             running: Arc::new(Semaphore::new(concurrency)),
             admitted: Arc::new(Semaphore::new(concurrency + queue_depth)),
             capacity: concurrency + queue_depth,
@@ -79,31 +93,55 @@ impl PasswordHasher {
         self.capacity - self.admitted.available_permits()
     }
 
-    /// Hashes a new password into a PHC string.
-    pub async fn hash(&self, password: &str) -> Result<String, HashError> {
-        let password = SecretString::from(password);
-        let argon = self.argon.clone();
-        self.run(true, move || {
-            hash_blocking(&argon, password.expose_secret())
+    /// Takes a place in the pool, or fails at once with [`HashError::Busy`].
+    pub fn admit(&self) -> Result<HashSlot, HashError> {
+        let admitted = self
+            .admitted
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| HashError::Busy)?;
+        Ok(HashSlot {
+            pool: self.clone(),
+            admitted: Arc::new(admitted),
         })
-        .await
     }
 
-    /// Checks `password` against `stored`, or against a dummy hash when there
-    /// is no account, so that both cases take the same time.
+    /// Hashes a new password into a PHC string, in a place of its own.
+    pub async fn hash(&self, password: &str) -> Result<String, HashError> {
+        self.admit()?.hash(password).await
+    }
+
+    /// Checks `password` against `stored` (or the dummy hash), in a place
+    /// of its own; see [`HashSlot::verify_with_fallback`].
     pub async fn verify(
         &self,
         stored: Option<String>,
         password: &str,
     ) -> Result<Verification, HashError> {
-        self.verify_with_fallback(stored, password, None).await
+        self.admit()?
+            .verify_with_fallback(stored, password, None)
+            .await
+    }
+}
+
+impl HashSlot {
+    /// Hashes a new password into a PHC string.
+    pub async fn hash(&self, password: &str) -> Result<String, HashError> {
+        let password = SecretString::from(password);
+        let argon = self.pool.argon.clone();
+        self.run(true, move |memory| {
+            argon::hash(&argon, password.expose_secret().as_bytes(), memory)
+        })
+        .await
     }
 
-    /// As [`Self::verify`], then, if that fails, with `fallback` (the form a
-    /// password had before it was normalized), in the same pool slot. The
-    /// second check depends only on the inputs, never on whether the account
-    /// exists. A fallback match is rehashed from `password`, so the stored
-    /// hash moves to the normalized form.
+    /// Checks `password` against `stored`, or against a dummy hash when
+    /// there is no account, so that both cases take the same time. Then,
+    /// if that fails, `fallback` (the form a password had before it was
+    /// normalized), in the same run. The second check depends only on the
+    /// inputs, never on whether the account exists. A fallback match is
+    /// rehashed from `password`, so the stored hash moves to the normalized
+    /// form.
     pub async fn verify_with_fallback(
         &self,
         stored: Option<String>,
@@ -112,26 +150,28 @@ impl PasswordHasher {
     ) -> Result<Verification, HashError> {
         let password = SecretString::from(password);
         let fallback = fallback.map(SecretString::from);
-        let argon = self.argon.clone();
-        let dummy = self.dummy_hash.clone();
-        self.run(true, move || {
+        let argon = self.pool.argon.clone();
+        let dummy = self.pool.dummy_hash.clone();
+        self.run(true, move |memory| {
             let is_real = stored.is_some();
             let stored = stored.as_deref().unwrap_or(&dummy);
             let parsed = PasswordHash::new(stored).map_err(HashError::Argon2)?;
-            let matches = |candidate: &SecretString| {
-                argon
-                    .verify_password(candidate.expose_secret().as_bytes(), &parsed)
-                    .is_ok()
+            let mut matches = |candidate: &SecretString| {
+                argon::verify(&parsed, candidate.expose_secret().as_bytes(), memory)
             };
-            let mut outdated = !uses_current_params(&argon, &parsed);
-            let mut matched = matches(&password);
+            let mut outdated = !argon::uses_params(&argon, &parsed);
+            let mut matched = matches(&password)?;
             if let (false, Some(fallback)) = (matched, &fallback) {
-                matched = matches(fallback);
+                matched = matches(fallback)?;
                 outdated = true;
             }
             let matched = matched && is_real;
             let rehashed = if matched && outdated {
-                Some(hash_blocking(&argon, password.expose_secret())?)
+                Some(argon::hash(
+                    &argon,
+                    password.expose_secret().as_bytes(),
+                    memory,
+                )?)
             } else {
                 None
             };
@@ -141,66 +181,42 @@ impl PasswordHasher {
     }
 
     /// Runs other CPU-heavy password work (a strength estimate) under the
-    /// same bounds as hashing. Not counted in [`Self::completed`].
+    /// same bounds as hashing. Not counted in [`PasswordHasher::completed`].
     pub async fn run_bounded<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
-        self.run(false, move || Ok(work())).await
+        self.run(false, move |_| Ok(work())).await
     }
 
-    /// Runs `work` on a blocking thread once admitted. The permits travel
-    /// with the work, so a caller that gives up (deadline, reset stream)
-    /// does not free a slot while its hash still runs.
+    /// Runs `work` on a hashing thread once a thread is free. The permits
+    /// travel with the work, so a caller that gives up (deadline, reset
+    /// stream) does not free a place while its hash still runs.
     async fn run<T: Send + 'static>(
         &self,
         counted: bool,
-        work: impl FnOnce() -> Result<T, HashError> + Send + 'static,
+        work: impl FnOnce(&mut BlockMemory) -> Result<T, HashError> + Send + 'static,
     ) -> Result<T, HashError> {
-        let admitted = self
-            .admitted
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| HashError::Busy)?;
-        let running = self
+        let pool = &self.pool;
+        let running = pool
             .running
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| HashError::Busy)?;
-        let completed = self.completed.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permits = (admitted, running);
-            let result = work();
-            if counted {
-                completed.fetch_add(1, Ordering::Relaxed);
-            }
-            result
-        })
-        .await
-        .map_err(HashError::Thread)?
+        let admitted = self.admitted.clone();
+        let completed = pool.completed.clone();
+        pool.threads
+            .run(move |memory| {
+                let _permits = (admitted, running);
+                let result = work(memory);
+                if counted {
+                    completed.fetch_add(1, Ordering::Relaxed);
+                }
+                result
+            })
+            .await?
     }
-}
-
-fn hash_blocking(argon: &Argon2<'_>, password: &str) -> Result<String, HashError> {
-    let mut salt = [0u8; 16];
-    OsRng.try_fill_bytes(&mut salt).map_err(HashError::Salt)?;
-    let salt = SaltString::encode_b64(&salt).map_err(HashError::Argon2)?;
-    argon
-        .hash_password(password.as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(HashError::Argon2)
-}
-
-fn uses_current_params(argon: &Argon2<'_>, hash: &PasswordHash<'_>) -> bool {
-    let current = argon.params();
-    hash.algorithm == Algorithm::Argon2id.ident()
-        && hash.version == Some(Version::V0x13.into())
-        && Params::try_from(hash).is_ok_and(|p| {
-            p.m_cost() == current.m_cost()
-                && p.t_cost() == current.t_cost()
-                && p.p_cost() == current.p_cost()
-        })
 }
 
 #[cfg(test)]
@@ -267,6 +283,8 @@ mod tests {
                 .matched
         );
         let result = hasher
+            .admit()
+            .unwrap()
             .verify_with_fallback(Some(legacy), normalized, Some("cafe\u{301} au lait please"))
             .await
             .unwrap();
@@ -280,6 +298,8 @@ mod tests {
                 .matched
         );
         let unknown = hasher
+            .admit()
+            .unwrap()
             .verify_with_fallback(None, normalized, Some("cafe\u{301} au lait please"))
             .await
             .unwrap();
@@ -289,7 +309,10 @@ mod tests {
     #[tokio::test]
     async fn bounded_work_is_not_counted_as_a_hash() {
         let hasher = pool(1024);
-        assert_eq!(hasher.run_bounded(|| 2 + 2).await.unwrap(), 4);
+        assert_eq!(
+            hasher.admit().unwrap().run_bounded(|| 2 + 2).await.unwrap(),
+            4
+        );
         assert_eq!(hasher.completed(), 0);
     }
 

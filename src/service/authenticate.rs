@@ -70,13 +70,16 @@ pub async fn authenticate(
         return Err(validated_field_missing());
     };
 
+    // A place in the hashing pool first: when it is saturated the caller
+    // is refused before any database work.
+    let slot = ctx.hasher.admit()?;
     let ip = client.ip.map(|ip| ip.to_string());
     let refused = || Refused {
         email: &email,
         ip: ip.clone(),
         caller: input.caller.as_deref(),
     };
-    // Before any hash: a throttled guesser costs one read, known or not.
+    // Before the hash: a throttled guesser costs one read, known or not.
     let failures = ctx.limits.auth_failures(&email);
     if let Some(meter) = &failures {
         limits::check(ctx, meter, refused(), ctx.clock.now_millis()).await?;
@@ -89,8 +92,7 @@ pub async fn authenticate(
     // form too, and store the normalized one if it matches.
     let as_typed =
         (input.password.as_str() != password.expose_secret()).then_some(input.password.as_str());
-    let verification = ctx
-        .hasher
+    let verification = slot
         .verify_with_fallback(stored_hash, password.expose_secret(), as_typed)
         .await?;
 

@@ -2,7 +2,6 @@
 //! against, and the refusal when one is spent. The counting itself is one
 //! statement in the call's transaction (`store::rate_limits`).
 
-use sea_orm::DatabaseTransaction;
 use sha2::{Digest, Sha256};
 
 use super::{ServiceContext, ServiceError};
@@ -94,37 +93,40 @@ pub(super) struct Refused<'a> {
     pub caller: Option<&'a str>,
 }
 
-/// Counts the call against every meter inside `tx`. When one is spent, the
-/// transaction is rolled back (nothing counted, nothing written), the
-/// refusal is audited, and the error names the limit and when to retry.
-pub(super) async fn charge(
-    ctx: &ServiceContext,
-    tx: DatabaseTransaction,
-    meters: &[Meter],
-    refused: Refused<'_>,
-    now: i64,
-) -> Result<DatabaseTransaction, ServiceError> {
-    let charges: Vec<Charge> = meters
+/// The charges a call makes against its meters, counted in its write
+/// (`store::rate_limits::take`, one statement).
+pub(super) fn charges(meters: &[Meter]) -> Vec<Charge> {
+    meters
         .iter()
         .map(|m| Charge {
             key: m.key.clone(),
             limit: m.limit,
         })
-        .collect();
-    let over = rate_limits::take(&tx, &charges, now)
-        .await
-        .context("counting the call against its rate limits")?;
+        .collect()
+}
+
+/// The refusal of a call whose write found the keys `over` spent (and was
+/// undone): audited, naming the limit and when to retry.
+pub(super) async fn refuse_spent(
+    ctx: &ServiceContext,
+    meters: &[Meter],
+    over: &[String],
+    refused: Refused<'_>,
+    now: i64,
+) -> ServiceError {
     let Some(spent) = meters.iter().find(|m| over.contains(&m.key)) else {
-        return Ok(tx);
+        return super::validated_field_missing();
     };
-    tx.rollback()
-        .await
-        .context("rolling back the refused call")?;
-    let retry_after = rate_limits::wait_for(&ctx.db, &over, now)
-        .await
-        .context("reading when the rate limit frees")?;
-    refuse(ctx, spent, refused, now).await?;
-    Err(rate_limited(spent, retry_after))
+    let refusal = async {
+        let retry_after = rate_limits::wait_for(&ctx.db, over, now)
+            .await
+            .context("reading when the rate limit frees")?;
+        refuse(ctx, spent, refused, now).await?;
+        Ok::<_, ServiceError>(rate_limited(spent, retry_after))
+    };
+    match refusal.await {
+        Ok(refusal) | Err(refusal) => refusal,
+    }
 }
 
 /// When the email is over its failed-authentication limit: the refusal,

@@ -2,7 +2,7 @@
 //! resolved later by the mail worker, so a known and an unknown email cost
 //! the same work here and get the same reply. `SignUp` shares this path.
 
-use sea_orm::{ActiveEnum, TransactionTrait};
+use sea_orm::{ActiveEnum, DatabaseTransaction};
 
 use super::{
     ServiceContext, ServiceError, Violations,
@@ -14,7 +14,9 @@ use crate::{
     store::{
         AuditKind, StoreContext,
         audit::{self, AuditEvent},
+        group_commit::{Decision, WorkFuture},
         outbox::{self, MailIntent},
+        rate_limits,
     },
 };
 
@@ -96,8 +98,8 @@ pub async fn request_reset(
     queue(ctx, &request, &intent, Purpose::Reset).await
 }
 
-/// Writes the outbox row and its audit event in one transaction, then
-/// wakes the mail worker.
+/// Writes the outbox row and its audit event, counted against the rate
+/// limits, in one group-committed write; then wakes the mail worker.
 pub(super) async fn queue(
     ctx: &ServiceContext,
     request: &LinkRequest,
@@ -110,34 +112,64 @@ pub(super) async fn queue(
     };
     let email = &request.email;
     let now = ctx.clock.now_millis();
-    let tx = ctx.db.begin().await.context("starting a transaction")?;
     let meters = ctx
         .limits
         .link_request(email, purpose, request.ip.as_deref());
-    let refused = Refused {
-        email,
+    let charges = limits::charges(&meters);
+    let queued = QueuedMail {
+        recipient: email.as_str().to_owned(),
+        email_hint: email.masked(),
+        intent: intent.clone(),
         ip: request.ip.clone(),
-        caller: request.caller.as_deref(),
+        caller: request.caller.clone(),
     };
-    let tx = limits::charge(ctx, tx, &meters, refused, now).await?;
-    outbox::enqueue(&tx, email.as_str(), intent, now)
-        .await
-        .context("queueing the mail job")?;
-    audit::record(
-        &tx,
-        kind,
-        AuditEvent {
-            email_hint: Some(email.masked()),
+    let over = ctx
+        .writes
+        .write(
+            move |tx: &DatabaseTransaction| -> WorkFuture<'_, Vec<String>, ServiceError> {
+                Box::pin(async move {
+                    let over = rate_limits::take(tx, &charges, now)
+                        .await
+                        .context("counting the call against its rate limits")?;
+                    if !over.is_empty() {
+                        // Nothing counted, nothing written.
+                        return Ok(Decision::Discard(over));
+                    }
+                    outbox::enqueue(tx, &queued.recipient, &queued.intent, now)
+                        .await
+                        .context("queueing the mail job")?;
+                    let event = AuditEvent {
+                        email_hint: Some(queued.email_hint),
+                        ip: queued.ip,
+                        caller: queued.caller.as_deref(),
+                        ..Default::default()
+                    };
+                    audit::record(tx, kind, event, now)
+                        .await
+                        .context("auditing the request")?;
+                    Ok(Decision::Keep(over))
+                })
+            },
+        )
+        .await?;
+    if !over.is_empty() {
+        let refused = Refused {
+            email,
             ip: request.ip.clone(),
             caller: request.caller.as_deref(),
-            ..Default::default()
-        },
-        now,
-    )
-    .await
-    .context("auditing the request")?;
-    tx.commit().await.context("committing the mail job")?;
+        };
+        return Err(limits::refuse_spent(ctx, &meters, &over, refused, now).await);
+    }
     ctx.mail_wake.notify_one();
     tracing::info!(email = %email.masked(), kind = %kind.to_value(), "mail queued");
     Ok(())
+}
+
+/// What a queued mail's write needs, owned so it can wait for its batch.
+struct QueuedMail {
+    recipient: String,
+    email_hint: String,
+    intent: MailIntent,
+    ip: Option<String>,
+    caller: Option<String>,
 }

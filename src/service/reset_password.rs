@@ -48,18 +48,20 @@ pub async fn reset_password(
     violations.finish()?;
     let password = password.ok_or_else(validated_field_missing)?;
 
-    // Cheap rejection before the expensive work; the consume below decides.
+    // A place in the hashing pool first, so a saturated pool refuses before
+    // any database work; then a cheap rejection of a bad token before the
+    // expensive work (the consume below decides).
+    let slot = ctx.hasher.admit()?;
     let request = usable_request(ctx, &input.token, ctx.clock.now_millis()).await?;
     // Guessability needs whom the password is for: the request's address
     // and name (the account's, for a reset).
     let personal = personal_words(&request.email, &request.display_name);
     let policy = ctx.password_policy;
-    let password = ctx
-        .hasher
+    let password = slot
         .run_bounded(move || password.accept(&policy, &personal))
         .await?
         .map_err(|violation| ServiceError::InvalidArgument(vec![violation]))?;
-    let password_hash = ctx.hasher.hash(password.expose()).await?;
+    let password_hash = slot.hash(password.expose()).await?;
 
     let now = ctx.clock.now_millis();
     let tx = ctx.db.begin().await.context("starting a transaction")?;

@@ -38,7 +38,7 @@ use crate::{
     },
     security::{hashing::PasswordHasher, tls::ReloadingAcceptor},
     service::{Admission, Readiness, RetentionPolicy, ServiceContext, run_retention},
-    store,
+    store::{self, group_commit::GroupCommit},
 };
 
 mod commands;
@@ -79,6 +79,7 @@ pub struct App {
     transport: TransportLimits,
     db: DatabaseConnection,
     hasher: PasswordHasher,
+    writes: GroupCommit,
     worker: MailWorker,
     health_check_interval: Duration,
     shutdown_grace: Duration,
@@ -163,7 +164,9 @@ impl App {
         let mail_wake = Arc::new(Notify::new());
         let links = settings.links;
         let allowed_pages = links.allowed_reset_urls.clone();
+        let writes = GroupCommit::start(&db, GroupCommit::lanes_for(&db));
         let ctx = ServiceContext {
+            writes: writes.clone(),
             db: db.clone(),
             hasher: hasher.clone(),
             password_policy: passwords.policy,
@@ -180,6 +183,7 @@ impl App {
         };
         let delivery = Delivery::new(
             db.clone(),
+            writes.clone(),
             mailer,
             links.lifetimes,
             allowed_pages,
@@ -188,6 +192,7 @@ impl App {
         );
         let worker = MailWorker::new(
             db.clone(),
+            writes.clone(),
             delivery,
             settings.mail.worker,
             mail_wake,
@@ -229,6 +234,7 @@ impl App {
             transport: settings.transport,
             db,
             hasher,
+            writes,
             worker,
             health_check_interval: settings.health_check_interval,
             shutdown_grace: settings.shutdown_grace,
@@ -269,6 +275,7 @@ impl App {
             readiness,
             transport,
             db,
+            writes,
             worker,
             health_check_interval,
             shutdown_grace: grace,
@@ -356,6 +363,13 @@ impl App {
                 ?grace,
                 "mail batch still sending after the shutdown grace; its jobs will be retried"
             ),
+        }
+        // Queued audit records of answered calls are written before exit.
+        if tokio::time::timeout(grace, writes.flush()).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "queued writes not flushed within the shutdown grace"
+            );
         }
         let _ = readiness.await;
         served?;

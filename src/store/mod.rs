@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod admin;
 pub mod audit;
 pub mod entities;
+pub mod group_commit;
 pub mod outbox;
 pub mod rate_limits;
 pub mod requests;

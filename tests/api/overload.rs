@@ -310,3 +310,42 @@ async fn the_longest_valid_address_goes_through_every_flow(backend: Backend) {
     assert!(audited >= 5, "{audited}");
 }
 flow_test!(the_longest_valid_address_goes_through_every_flow);
+
+/// A saturated hashing pool refuses `Authenticate` and `ResetPassword`
+/// before any database work, so a flood of refusals costs no queries.
+async fn a_saturated_hash_pool_refuses_before_any_statement(backend: Backend) {
+    let mut app = spawn_app_with(backend, |f| {
+        f.merge(("hash_concurrency", 1))
+            .merge(("hash_queue_depth", 0))
+    })
+    .await;
+    app.create_account("jane@example.com", "Jane").await;
+    app.request_reset("jane@example.com").await.unwrap();
+    let token = app
+        .mailbox
+        .wait_for("jane@example.com", 2)
+        .await
+        .remove(1)
+        .token();
+
+    let held = app.hasher.admit().unwrap();
+    app.rpc_statements.lock().unwrap().clear();
+    let refused = app
+        .authenticate("jane@example.com", PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(retry_delay(&refused) > Duration::ZERO);
+    let refused = app.reset_password(&token, PASSWORD).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    let statements = std::mem::take(&mut *app.rpc_statements.lock().unwrap());
+    assert!(statements.is_empty(), "{statements:?}");
+
+    drop(held);
+    app.authenticate("jane@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let statements = std::mem::take(&mut *app.rpc_statements.lock().unwrap());
+    assert!(!statements.is_empty(), "the statements are observed");
+}
+flow_test!(a_saturated_hash_pool_refuses_before_any_statement);
