@@ -16,6 +16,8 @@ use rand::{TryRngCore, rngs::OsRng};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 
+use crate::telemetry::metrics::Metrics;
+
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
     /// Every slot and queue place is taken.
@@ -38,6 +40,14 @@ pub struct Verification {
     pub rehashed: Option<String>,
 }
 
+/// A snapshot of the pool's occupancy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashUsage {
+    pub running: usize,
+    pub queued: usize,
+    pub concurrency: usize,
+}
+
 /// Hashes and verifies passwords with Argon2id on blocking threads.
 #[derive(Clone)]
 pub struct PasswordHasher {
@@ -46,6 +56,9 @@ pub struct PasswordHasher {
     admitted: Arc<Semaphore>,
     /// Admission places in all: running plus queued.
     capacity: usize,
+    /// Hashes that may run at once.
+    concurrency: usize,
+    metrics: Metrics,
     /// Hashes computed since start (hashing or verifying).
     completed: Arc<AtomicU64>,
     /// Checked for unknown accounts so they cost what a real check costs.
@@ -64,9 +77,28 @@ impl PasswordHasher {
             running: Arc::new(Semaphore::new(concurrency)),
             admitted: Arc::new(Semaphore::new(concurrency + queue_depth)),
             capacity: concurrency + queue_depth,
+            concurrency,
+            metrics: Metrics::disabled(),
             completed: Arc::new(AtomicU64::new(0)),
             dummy_hash: dummy_hash.into(),
         })
+    }
+
+    /// Records how long hashes wait for a slot into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Running and queued hashes, and how many may run at once.
+    pub fn usage(&self) -> HashUsage {
+        let in_use = self.in_use();
+        let running = self.concurrency - self.running.available_permits();
+        HashUsage {
+            running,
+            queued: in_use.saturating_sub(running),
+            concurrency: self.concurrency,
+        }
     }
 
     /// Hashes computed since start.
@@ -162,12 +194,14 @@ impl PasswordHasher {
             .clone()
             .try_acquire_owned()
             .map_err(|_| HashError::Busy)?;
+        let queued_at = std::time::Instant::now();
         let running = self
             .running
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| HashError::Busy)?;
+        self.metrics.hash_waited(queued_at.elapsed());
         let completed = self.completed.clone();
         tokio::task::spawn_blocking(move || {
             let _permits = (admitted, running);

@@ -31,6 +31,7 @@ pub use verify_token::{TokenInfo, verify_token};
 use crate::{
     domain::{Clock, FieldError, PasswordPolicy, ResetUrl, ResetUrlAllowList},
     security::hashing::PasswordHasher,
+    telemetry::metrics::Metrics,
 };
 
 /// What the use cases share.
@@ -45,6 +46,7 @@ pub struct ServiceContext {
     pub mail_wake: Arc<Notify>,
     pub clock: Arc<dyn Clock>,
     pub limits: Limits,
+    pub metrics: Metrics,
 }
 
 impl ServiceContext {
