@@ -99,7 +99,8 @@ where
         };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let response = inner.call(request).instrument(span);
+        // Spans the inner layers open at call time are children of this one.
+        let response = span.in_scope(|| inner.call(request)).instrument(span);
         Box::pin(async move {
             let mut call = call;
             let response = match response.await {

@@ -138,3 +138,35 @@ mod tests {
         assert_eq!(current_traceparent(), None);
     }
 }
+
+#[cfg(test)]
+mod layer_tests {
+    use super::*;
+    use tracing_subscriber::prelude::*;
+
+    #[test]
+    fn the_remote_parent_is_the_spans_parent() {
+        let provider = SdkTracerProvider::builder().build();
+        let export = TraceExport { provider };
+        let subscriber = tracing_subscriber::registry().with(export.layer());
+        tracing::subscriber::with_default(subscriber, || {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                TRACEPARENT,
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                    .parse()
+                    .unwrap(),
+            );
+            let span = tracing::info_span!("server");
+            set_remote_parent(&span, remote_parent(&headers).unwrap());
+            let trace_id = span.context().span().span_context().trace_id();
+            assert_eq!(trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+            let _entered = span.enter();
+            let queued = current_traceparent().unwrap();
+            assert!(
+                queued.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+                "{queued}"
+            );
+        });
+    }
+}
