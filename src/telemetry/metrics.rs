@@ -122,6 +122,8 @@ pub struct MetricsPipeline {
     provider: SdkMeterProvider,
     /// Filled by the Prometheus exporter at each scrape.
     registry: Option<prometheus::Registry>,
+    /// Whether an OTLP reader pushes the metrics.
+    otlp: bool,
     metrics: Metrics,
 }
 
@@ -135,6 +137,7 @@ impl MetricsPipeline {
             return Ok(Self {
                 provider: SdkMeterProvider::builder().build(),
                 registry: None,
+                otlp,
                 metrics: Metrics::disabled(),
             });
         }
@@ -165,13 +168,14 @@ impl MetricsPipeline {
         Ok(Self {
             provider,
             registry,
+            otlp,
             metrics,
         })
     }
 
     /// Whether any reader collects: otherwise gauges need no upkeep.
     pub fn is_enabled(&self) -> bool {
-        self.registry.is_some() || super::otlp_requested("METRICS")
+        self.registry.is_some() || self.otlp
     }
 
     pub fn metrics(&self) -> Metrics {
