@@ -70,7 +70,7 @@ impl Metrics {
             ),
             db_wait: seconds(
                 "db.client.connection.wait_time",
-                "Time a call waited for a database connection at admission",
+                "Time a call waited at admission for a connection of an exhausted pool",
             ),
         }
     }
