@@ -346,12 +346,6 @@ impl App {
                     .refresh(db.clone(), stop_metrics.clone()),
             );
         }
-        if let (Some(listener), Some(registry)) =
-            (telemetry.listener, telemetry.pipeline.prometheus_registry())
-        {
-            tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics at /metrics");
-            tokio::spawn(endpoint::serve(listener, registry, stop_metrics.clone()));
-        }
         // Readiness follows `shutdown` at once; serving stops `shutdown_delay`
         // later, once load balancers have stopped sending calls here.
         let stop_serving = CancellationToken::new();
@@ -366,6 +360,13 @@ impl App {
         let ready = store::is_ready(&db).await;
         readiness.set(ready);
         set_ready(&health, &telemetry.ready, ready).await;
+        // Scrapes are answered once readiness is published.
+        if let (Some(listener), Some(registry)) =
+            (telemetry.listener, telemetry.pipeline.prometheus_registry())
+        {
+            tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics at /metrics");
+            tokio::spawn(endpoint::serve(listener, registry, stop_metrics.clone()));
+        }
         tokio::spawn(run_retention(
             db.clone(),
             retention,
