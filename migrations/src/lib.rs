@@ -8,6 +8,7 @@ mod m20261123_000002_audit_caller;
 mod m20261123_000003_rate_limits;
 mod m20261130_000001_widen_email_hint;
 mod m20261130_000002_mail_lease_token;
+mod m20261201_000001_mail_trace_context;
 
 /// Applies rekey's migrations in order.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_rate_limits::Migration),
             Box::new(m20261130_000001_widen_email_hint::Migration),
             Box::new(m20261130_000002_mail_lease_token::Migration),
+            Box::new(m20261201_000001_mail_trace_context::Migration),
         ]
     }
 }

@@ -116,6 +116,8 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// A second, plaintext port serving `grpc.health.v1` alone.
     pub health_listen: Option<SocketAddr>,
+    /// Where Prometheus scrapes `GET /metrics`, in plain HTTP; off when unset.
+    pub metrics_listen: Option<SocketAddr>,
     /// Message size, deadlines, HTTP/2 and idle-connection limits.
     pub transport: TransportLimits,
     /// Protected-mode problems overridden by `REKEY_ALLOW_INSECURE`, each
@@ -197,6 +199,11 @@ impl Settings {
                 .health_listen
                 .as_deref()
                 .map(|a| check::address("REKEY_HEALTH_LISTEN", a))
+                .transpose()?,
+            metrics_listen: raw
+                .metrics_listen
+                .as_deref()
+                .map(|a| check::address("REKEY_METRICS_LISTEN", a))
                 .transpose()?,
             limits: check::limits(&raw)?,
             retention: check::retention(&raw)?,

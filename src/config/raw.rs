@@ -95,6 +95,8 @@ pub(super) struct RawSettings {
     #[serde(with = "humantime_serde")]
     pub tls_handshake_timeout: Duration,
     pub health_listen: Option<String>,
+    /// `IP:PORT` of the Prometheus `GET /metrics` endpoint; unset is off.
+    pub metrics_listen: Option<String>,
     pub allow_insecure: bool,
     pub migrate_on_start: bool,
     pub rate_limit_per_email: String,
@@ -173,6 +175,7 @@ impl Default for RawSettings {
             tls_reload_interval: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
             health_listen: None,
+            metrics_listen: None,
             allow_insecure: false,
             migrate_on_start: true,
             rate_limit_per_email: "3/15m".to_owned(),

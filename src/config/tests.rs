@@ -384,3 +384,17 @@ fn the_mail_transport_is_described_without_credentials() {
     );
     assert!(!settings.summary().contains("hunter2"));
 }
+
+#[test]
+fn metrics_are_off_unless_a_listen_address_is_given() {
+    let settings = Settings::from_figment(base()).unwrap();
+    assert_eq!(settings.metrics_listen, None);
+    let settings =
+        Settings::from_figment(base().merge(("metrics_listen", "0.0.0.0:9464"))).unwrap();
+    assert_eq!(
+        settings.metrics_listen,
+        Some("0.0.0.0:9464".parse().unwrap())
+    );
+    let err = Settings::from_figment(base().merge(("metrics_listen", "nowhere"))).unwrap_err();
+    assert!(err.to_string().contains("REKEY_METRICS_LISTEN"), "{err}");
+}

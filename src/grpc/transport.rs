@@ -13,7 +13,10 @@ use tokio::time::Instant;
 use tonic::{Status, body::Body, transport::Server};
 use tower::{Layer, Service, layer::util::Identity, layer::util::Stack};
 
-use super::frames::{CheckedBody, Expect, Refusal, ReportedBody, Validator};
+use super::{
+    ObserveLayer,
+    frames::{CheckedBody, Expect, Refusal, ReportedBody, Validator},
+};
 
 /// Largest header block a client may send; hyper's default, stated.
 const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
@@ -36,13 +39,18 @@ pub struct TransportLimits {
     pub keepalive_timeout: Duration,
 }
 
-/// A server with the HTTP/2 limits set and [`TransportLayer`] outermost.
-pub fn server(limits: &TransportLimits) -> Server<Stack<TransportLayer, Identity>> {
+/// A server with the HTTP/2 limits set, [`ObserveLayer`] outermost (so it
+/// sees every refusal), then [`TransportLayer`].
+pub fn server(
+    limits: &TransportLimits,
+    observe: ObserveLayer,
+) -> Server<Stack<TransportLayer, Stack<ObserveLayer, Identity>>> {
     Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .layer(observe)
         .layer(TransportLayer { limits: *limits })
 }
 

@@ -30,6 +30,7 @@ use crate::{
         outbox::{self, MailJob},
         rate_limits::{self, Charge},
     },
+    telemetry::{metrics::Metrics, traces},
 };
 
 /// The rate-limit key of the deployment-wide mail cap.
@@ -72,6 +73,7 @@ pub struct MailWorker {
     options: WorkerOptions,
     wake: Arc<Notify>,
     clock: Arc<dyn Clock>,
+    metrics: Metrics,
 }
 
 impl MailWorker {
@@ -91,7 +93,14 @@ impl MailWorker {
             options,
             wake,
             clock,
+            metrics: Metrics::disabled(),
         }
+    }
+
+    /// Counts sent, retried and dead mail into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs until `shutdown`; a batch in progress is finished first.
@@ -195,6 +204,7 @@ impl MailWorker {
             kind = tracing::field::Empty,
             to = %recipient,
         );
+        traces::link_to_origin(&span, job.trace_context.as_deref());
         async {
             match self.wait_for_global_limit().await {
                 Ok(None) => {}
@@ -246,6 +256,7 @@ impl MailWorker {
         if over.is_empty() {
             return Ok(None);
         }
+        self.metrics.rate_limited("mail_global");
         let wait = rate_limits::wait_for(&self.db, &over, now)
             .await
             .context("reading when the global mail limit frees")?;
@@ -266,6 +277,7 @@ impl MailWorker {
                 template,
             }) => {
                 tracing::info!("mail accepted for delivery");
+                self.metrics.mail_sent(template.name());
                 let sent = Sent {
                     request_id: request_id.as_deref(),
                     kind,
@@ -303,12 +315,14 @@ impl MailWorker {
             } else {
                 tracing::error!(attempts, %error, "mail failed too often; dead letter");
             }
+            self.metrics.mail_dead(job.kind.name());
             outbox::bury(&self.db, job, &error)
                 .await
                 .context("burying the job")?
         } else {
             let delay = backoff::delay(attempts, self.options.backoff_max);
             tracing::warn!(attempts, retry_in = ?delay, %error, "mail failed; will retry");
+            self.metrics.mail_retried(job.kind.name());
             let next_attempt_at = now.saturating_add(duration_millis(delay));
             outbox::retry_later(&self.db, job, next_attempt_at, &error)
                 .await

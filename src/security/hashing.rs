@@ -17,6 +17,8 @@ use super::{
     hash_threads::{HashThreads, ThreadsGone},
 };
 
+use crate::telemetry::metrics::Metrics;
+
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
     /// Every slot and queue place is taken.
@@ -41,6 +43,14 @@ pub struct Verification {
     pub rehashed: Option<String>,
 }
 
+/// A snapshot of the pool's occupancy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashUsage {
+    pub running: usize,
+    pub queued: usize,
+    pub concurrency: usize,
+}
+
 /// Hashes and verifies passwords with Argon2id on dedicated threads.
 #[derive(Clone)]
 pub struct PasswordHasher {
@@ -50,6 +60,9 @@ pub struct PasswordHasher {
     admitted: Arc<Semaphore>,
     /// Admission places in all: running plus queued.
     capacity: usize,
+    /// Hashes that may run at once.
+    concurrency: usize,
+    metrics: Metrics,
     /// Hashes computed since start (hashing or verifying).
     completed: Arc<AtomicU64>,
     /// Checked for unknown accounts so they cost what a real check costs.
@@ -78,9 +91,28 @@ impl PasswordHasher {
             running: Arc::new(Semaphore::new(concurrency)),
             admitted: Arc::new(Semaphore::new(concurrency + queue_depth)),
             capacity: concurrency + queue_depth,
+            concurrency,
+            metrics: Metrics::disabled(),
             completed: Arc::new(AtomicU64::new(0)),
             dummy_hash: dummy_hash.into(),
         })
+    }
+
+    /// Records how long hashes wait for a slot into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Running and queued hashes, and how many may run at once.
+    pub fn usage(&self) -> HashUsage {
+        let in_use = self.in_use();
+        let running = self.concurrency - self.running.available_permits();
+        HashUsage {
+            running,
+            queued: in_use.saturating_sub(running),
+            concurrency: self.concurrency,
+        }
     }
 
     /// Hashes computed since start.
@@ -198,12 +230,14 @@ impl HashSlot {
         work: impl FnOnce(&mut BlockMemory) -> Result<T, HashError> + Send + 'static,
     ) -> Result<T, HashError> {
         let pool = &self.pool;
+        let queued_at = std::time::Instant::now();
         let running = pool
             .running
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| HashError::Busy)?;
+        pool.metrics.hash_waited(queued_at.elapsed());
         let admitted = self.admitted.clone();
         let completed = pool.completed.clone();
         pool.threads

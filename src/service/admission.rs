@@ -13,7 +13,10 @@ use std::{
 use sea_orm::DatabaseConnection;
 
 use super::ServiceError;
-use crate::store::{self, PoolActivity};
+use crate::{
+    store::{self, PoolActivity},
+    telemetry::metrics::Metrics,
+};
 
 /// Whether the database was reachable (and migrated) at the last health
 /// check. Set by the readiness watcher, read by every call.
@@ -49,6 +52,7 @@ pub struct Admission {
     activity: PoolActivity,
     /// How long a call that finds every connection taken waits for one.
     queue_wait: Duration,
+    metrics: Metrics,
 }
 
 /// What a refused caller is told to wait before trying again.
@@ -60,12 +64,14 @@ impl Admission {
         readiness: Readiness,
         activity: PoolActivity,
         queue_wait: Duration,
+        metrics: Metrics,
     ) -> Self {
         Self {
             db,
             readiness,
             activity,
             queue_wait,
+            metrics,
         }
     }
 
@@ -81,9 +87,10 @@ impl Admission {
         }
         if store::pool_exhausted(&self.db) {
             let returned = self.activity.returned();
-            if store::connection_freed_within(&self.db, self.queue_wait).await
-                || self.activity.returned() != returned
-            {
+            let waiting = std::time::Instant::now();
+            let freed = store::connection_freed_within(&self.db, self.queue_wait).await;
+            self.metrics.db_waited(waiting.elapsed());
+            if freed || self.activity.returned() != returned {
                 return Ok(());
             }
             tracing::info!("database connection pool exhausted; call refused");

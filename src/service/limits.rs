@@ -45,6 +45,17 @@ impl Meter {
     }
 }
 
+impl Meter {
+    /// The `limit` label of the rejection metric.
+    fn label(&self) -> &'static str {
+        match self.setting {
+            "REKEY_RATE_LIMIT_PER_IP" => "per_ip",
+            "REKEY_AUTH_FAILURE_LIMIT" => "auth_failure",
+            _ => "per_email",
+        }
+    }
+}
+
 impl Limits {
     pub(super) fn link_request(
         &self,
@@ -184,6 +195,7 @@ async fn refuse(
     .await
     .context("auditing the rate-limited call")?;
     tracing::info!(email = %refused.email.masked(), limit = meter.setting, "rate limited");
+    ctx.metrics.rate_limited(meter.label());
     Ok(())
 }
 

@@ -32,6 +32,7 @@ use crate::{
     domain::{Clock, FieldError, PasswordPolicy, ResetUrl, ResetUrlAllowList},
     security::hashing::PasswordHasher,
     store::group_commit::GroupCommit,
+    telemetry::metrics::Metrics,
 };
 
 /// What the use cases share.
@@ -48,6 +49,7 @@ pub struct ServiceContext {
     pub limits: Limits,
     /// Writes on the hot path, committed in groups.
     pub writes: GroupCommit,
+    pub metrics: Metrics,
 }
 
 impl ServiceContext {

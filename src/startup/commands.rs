@@ -14,11 +14,16 @@ use crate::{
 
 use super::{App, mail_transport};
 
-/// `rekey serve`: logs, builds, and serves until Ctrl-C or SIGTERM.
+/// `rekey serve`: logs, builds, and serves until Ctrl-C or SIGTERM, then
+/// flushes the spans not yet exported.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    telemetry::init(settings.log_format)?;
-    let app = App::build(settings).await?;
-    app.run_until_stopped(shutdown_on_signal()).await
+    let telemetry = telemetry::init(settings.log_format)?;
+    let served = match App::build(settings).await {
+        Ok(app) => app.run_until_stopped(shutdown_on_signal()).await,
+        Err(error) => Err(error),
+    };
+    telemetry.shutdown().await;
+    served
 }
 
 /// `rekey migrate`: applies pending migrations and returns. It needs the

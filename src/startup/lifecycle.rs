@@ -19,6 +19,7 @@ use crate::{
     },
     service::Readiness,
     store,
+    telemetry::gauges::ReadyGauge,
 };
 
 use super::READY_SERVICES;
@@ -29,6 +30,7 @@ pub(super) async fn serve_health(
     listener: TcpListener,
     health: HealthServer<HealthService>,
     transport: TransportLimits,
+    observe: grpc::ObserveLayer,
     shutdown: CancellationToken,
 ) {
     let accept = Accept {
@@ -37,7 +39,7 @@ pub(super) async fn serve_health(
         idle_timeout: transport.connection_idle_timeout,
     };
     let incoming = incoming::accept(listener, accept, shutdown.clone());
-    let served = grpc::server(&transport)
+    let served = grpc::server(&transport, observe)
         .add_service(health)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await;
@@ -46,7 +48,9 @@ pub(super) async fn serve_health(
     }
 }
 
-pub(super) async fn set_ready(reporter: &HealthReporter, ready: bool) {
+/// Publishes readiness to every ready service and the readiness gauge.
+pub(super) async fn set_ready(reporter: &HealthReporter, gauge: &ReadyGauge, ready: bool) {
+    gauge.set(ready);
     let status = if ready {
         ServingStatus::Serving
     } else {
@@ -87,6 +91,7 @@ pub(super) async fn stop_serving_after_delay(
 /// the pool, is skipped then.
 pub(super) async fn watch_readiness(
     reporter: HealthReporter,
+    gauge: ReadyGauge,
     readiness: Readiness,
     db: DatabaseConnection,
     interval: Duration,
@@ -105,7 +110,7 @@ pub(super) async fn watch_readiness(
             } else {
                 tracing::warn!("database unreachable or migrations pending; not ready");
             }
-            set_ready(&reporter, ready).await;
+            set_ready(&reporter, &gauge, ready).await;
             was_ready = Some(ready);
         }
         tokio::select! {
@@ -113,7 +118,7 @@ pub(super) async fn watch_readiness(
             () = tokio::time::sleep(interval) => {}
         }
     }
-    set_ready(&reporter, false).await;
+    set_ready(&reporter, &gauge, false).await;
     reporter
         .set_service_status("liveness", ServingStatus::NotServing)
         .await;

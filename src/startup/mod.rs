@@ -22,8 +22,8 @@ use crate::{
     config::{MailTransportSettings, Settings, TlsSettings},
     domain::{Clock, SystemClock},
     grpc::{
-        self, AccountsService, AdminService, CallerLayer, PasswordResetService, SheddingLayer,
-        TransportLayer, TransportLimits,
+        self, AccountsService, AdminService, CallerLayer, ObserveLayer, PasswordResetService,
+        SheddingLayer, TransportLayer, TransportLimits,
         incoming::{self, Accept},
         pb::{
             self, accounts_server::AccountsServer, admin_server::AdminServer,
@@ -39,6 +39,11 @@ use crate::{
     security::{hashing::PasswordHasher, tls::ReloadingAcceptor},
     service::{Admission, Readiness, RetentionPolicy, ServiceContext, run_retention},
     store::{self, group_commit::GroupCommit},
+    telemetry::{
+        endpoint,
+        gauges::{self, GaugeSources, Gauges, OutboxGauge, ReadyGauge},
+        metrics::MetricsPipeline,
+    },
 };
 
 mod commands;
@@ -47,9 +52,10 @@ mod lifecycle;
 pub use commands::{check_config, migrate, preview_mail, serve, shutdown_on_signal};
 use lifecycle::{serve_health, set_ready, stop_serving_after_delay, watch_readiness};
 
-/// The layers in front of every service, outermost first: transport
-/// (framing, size, deadline), caller authentication, load shedding.
-type Layers = Stack<SheddingLayer, Stack<CallerLayer, Stack<TransportLayer, Identity>>>;
+/// The layers in front of every service, outermost first: telemetry,
+/// transport (framing, size, deadline), caller authentication, load shedding.
+type Layers =
+    Stack<SheddingLayer, Stack<CallerLayer, Stack<TransportLayer, Stack<ObserveLayer, Identity>>>>;
 
 /// How long a call that finds every database connection taken looks for
 /// one to come back before it is refused with `RESOURCE_EXHAUSTED`: long
@@ -86,6 +92,17 @@ pub struct App {
     shutdown_delay: Duration,
     retention: RetentionPolicy,
     clock: Arc<dyn Clock>,
+    telemetry: Telemetry,
+}
+
+/// The server's metrics: the pipeline, its gauges and what feeds them.
+struct Telemetry {
+    pipeline: MetricsPipeline,
+    /// The Prometheus scrape port, when there is one.
+    listener: Option<TcpListener>,
+    ready: ReadyGauge,
+    outbox: OutboxGauge,
+    _gauges: Gauges,
 }
 
 /// Sees each SQL statement (text, values, duration) as it runs.
@@ -121,13 +138,17 @@ impl App {
                  set REKEY_SMTP_URL in production"
             );
         }
+        let pipeline = MetricsPipeline::new(settings.metrics_listen.is_some())
+            .context("setting up metrics")?;
+        let metrics = pipeline.metrics();
         let passwords = &settings.passwords;
         let hasher = PasswordHasher::new(
             passwords.argon2.clone(),
             passwords.hash_concurrency,
             passwords.hash_queue_depth,
         )
-        .context("setting up the hashing pool")?;
+        .context("setting up the hashing pool")?
+        .with_metrics(metrics.clone());
 
         let mut db = store::connect(&settings.database_url, settings.database_pool.clone())
             .await
@@ -154,6 +175,14 @@ impl App {
             ),
             None => None,
         };
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics port {addr}"))?,
+            ),
+            None => None,
+        };
         for problem in &settings.insecure {
             tracing::warn!(
                 problem = problem.as_str(),
@@ -175,6 +204,7 @@ impl App {
             mail_wake: mail_wake.clone(),
             clock: clock.clone(),
             limits: settings.limits,
+            metrics: metrics.clone(),
         };
         let mailer = Mailer {
             templates: settings.mail.templates,
@@ -197,7 +227,8 @@ impl App {
             settings.mail.worker,
             mail_wake,
             clock.clone(),
-        );
+        )
+        .with_metrics(metrics.clone());
 
         let health = HealthReporter::new();
         let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
@@ -207,8 +238,28 @@ impl App {
             readiness.clone(),
             settings.database_pool.activity.clone(),
             POOL_QUEUE_WAIT.min(settings.database_pool.acquire_timeout),
+            metrics.clone(),
         );
-        let router = grpc::server(&settings.transport)
+        let ready = ReadyGauge::default();
+        let outbox = OutboxGauge::default();
+        let gauges = gauges::register(
+            &pipeline,
+            GaugeSources {
+                hasher: hasher.clone(),
+                db: db.clone(),
+                ready: ready.clone(),
+                outbox: outbox.clone(),
+                clock: clock.clone(),
+            },
+        );
+        let telemetry = Telemetry {
+            pipeline,
+            listener: metrics_listener,
+            ready,
+            outbox,
+            _gauges: gauges,
+        };
+        let router = grpc::server(&settings.transport, ObserveLayer::new(metrics))
             .layer(CallerLayer::new(settings.callers))
             .layer(SheddingLayer::new(admission))
             .add_service(health_service.clone())
@@ -241,6 +292,7 @@ impl App {
             shutdown_delay: settings.shutdown_delay,
             retention: settings.retention,
             clock,
+            telemetry,
         })
     }
 
@@ -255,6 +307,11 @@ impl App {
 
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// The Prometheus scrape port's address, when metrics are served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.telemetry.listener.as_ref()?.local_addr().ok()
     }
 
     /// The hashing pool, to observe how busy it is.
@@ -282,8 +339,20 @@ impl App {
             shutdown_delay,
             retention,
             clock,
+            telemetry,
             ..
         } = self;
+        let observe = ObserveLayer::new(telemetry.pipeline.metrics());
+        // Metrics are served until the very end, drain included.
+        let stop_metrics = CancellationToken::new();
+        if telemetry.pipeline.is_enabled() {
+            tokio::spawn(
+                telemetry
+                    .outbox
+                    .clone()
+                    .refresh(db.clone(), stop_metrics.clone()),
+            );
+        }
         // Readiness follows `shutdown` at once; serving stops `shutdown_delay`
         // later, once load balancers have stopped sending calls here.
         let stop_serving = CancellationToken::new();
@@ -297,7 +366,14 @@ impl App {
             .await;
         let ready = store::is_ready(&db).await;
         readiness.set(ready);
-        set_ready(&health, ready).await;
+        set_ready(&health, &telemetry.ready, ready).await;
+        // Scrapes are answered once readiness is published.
+        if let (Some(listener), Some(registry)) =
+            (telemetry.listener, telemetry.pipeline.prometheus_registry())
+        {
+            tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics at /metrics");
+            tokio::spawn(endpoint::serve(listener, registry, stop_metrics.clone()));
+        }
         tokio::spawn(run_retention(
             db.clone(),
             retention,
@@ -306,6 +382,7 @@ impl App {
         ));
         let readiness = tokio::spawn(watch_readiness(
             health,
+            telemetry.ready.clone(),
             readiness,
             db,
             health_check_interval,
@@ -317,6 +394,7 @@ impl App {
                 health_port,
                 health_service,
                 transport,
+                observe,
                 stop_serving.clone(),
             ));
         }
@@ -372,6 +450,8 @@ impl App {
             );
         }
         let _ = readiness.await;
+        stop_metrics.cancel();
+        telemetry.pipeline.shutdown().await;
         served?;
         tracing::info!("rekey stopped");
         Ok(())

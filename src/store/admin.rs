@@ -216,7 +216,16 @@ pub struct Stats {
     pub open_requests: HashMap<Purpose, u64>,
 }
 
-pub async fn stats(db: &impl ConnectionTrait, now: i64) -> Result<Stats, StoreError> {
+/// The outbox by status, and when its oldest pending job was queued.
+#[derive(Debug, Default, Clone)]
+pub struct OutboxDepth {
+    pub by_status: HashMap<MailStatus, u64>,
+    /// `created_at` of the oldest pending job.
+    pub oldest_pending: Option<i64>,
+}
+
+/// Two aggregate reads of the outbox, for `GetStats` and the metrics.
+pub async fn outbox_depth(db: &impl ConnectionTrait) -> Result<OutboxDepth, StoreError> {
     let by_status: Vec<(MailStatus, i64)> = mail_outbox::Entity::find()
         .select_only()
         .column(mail_outbox::Column::Status)
@@ -232,6 +241,17 @@ pub async fn stats(db: &impl ConnectionTrait, now: i64) -> Result<Stats, StoreEr
         .into_tuple()
         .one(db)
         .await?;
+    Ok(OutboxDepth {
+        by_status: by_status
+            .into_iter()
+            .map(|(status, n)| (status, u64::try_from(n).unwrap_or(0)))
+            .collect(),
+        oldest_pending: oldest_pending.flatten(),
+    })
+}
+
+pub async fn stats(db: &impl ConnectionTrait, now: i64) -> Result<Stats, StoreError> {
+    let outbox = outbox_depth(db).await?;
     let mut open_requests = HashMap::new();
     for purpose in [Purpose::Reset, Purpose::SignUp] {
         let open = request::Entity::find()
@@ -242,11 +262,8 @@ pub async fn stats(db: &impl ConnectionTrait, now: i64) -> Result<Stats, StoreEr
         open_requests.insert(purpose, open);
     }
     Ok(Stats {
-        mail_by_status: by_status
-            .into_iter()
-            .map(|(status, n)| (status, u64::try_from(n).unwrap_or(0)))
-            .collect(),
-        oldest_pending: oldest_pending.flatten(),
+        mail_by_status: outbox.by_status,
+        oldest_pending: outbox.oldest_pending,
         open_requests,
     })
 }

@@ -45,6 +45,18 @@ pub enum MailKind {
     PasswordChanged,
 }
 
+impl MailKind {
+    /// The stored name, for metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            MailKind::Reset => "reset",
+            MailKind::SignUp => "sign_up",
+            MailKind::AlreadyRegistered => "already_registered",
+            MailKind::PasswordChanged => "password_changed",
+        }
+    }
+}
+
 /// What an audit event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(32))")]
@@ -172,6 +184,8 @@ pub mod mail_outbox {
         pub last_error: Option<String>,
         pub created_at: i64,
         pub sent_at: Option<i64>,
+        /// The `traceparent` of the request that queued the job, if traced.
+        pub trace_context: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -207,6 +207,36 @@ pub fn pool_exhausted(db: &DatabaseConnection) -> bool {
     }
 }
 
+/// A connection pool's occupancy.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolUsage {
+    pub used: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+/// How many connections are checked out, idle, and allowed at most.
+pub fn pool_usage(db: &DatabaseConnection) -> Option<PoolUsage> {
+    fn usage<DB: sea_orm::sqlx::Database>(pool: &sea_orm::sqlx::Pool<DB>) -> PoolUsage {
+        let size = pool.size();
+        // As in `pool_exhausted`: an idle count above the size reads as none.
+        let idle = u32::try_from(pool.num_idle())
+            .ok()
+            .filter(|idle| *idle <= size)
+            .unwrap_or(0);
+        PoolUsage {
+            used: size - idle,
+            idle,
+            max: pool.options().get_max_connections(),
+        }
+    }
+    match db.get_database_backend() {
+        DbBackend::Postgres => Some(usage(db.get_postgres_connection_pool())),
+        DbBackend::Sqlite => Some(usage(db.get_sqlite_connection_pool())),
+        _ => None,
+    }
+}
+
 /// Waits at most `within` for a connection of an exhausted pool to come
 /// back; true if one did (it is returned to the pool at once).
 pub async fn connection_freed_within(db: &DatabaseConnection, within: Duration) -> bool {

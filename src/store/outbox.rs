@@ -73,6 +73,7 @@ pub async fn enqueue(
         last_error: Set(None),
         created_at: Set(now),
         sent_at: Set(None),
+        trace_context: Set(crate::telemetry::traces::current_traceparent()),
     })
     .exec(db)
     .await?;

@@ -11,6 +11,7 @@ mod hostile;
 mod limits;
 mod mail;
 mod mail_survival;
+mod observability;
 mod operations;
 mod overload;
 mod password_policy;

@@ -38,6 +38,8 @@ pub struct TestApp {
     pub channel: Channel,
     /// The gRPC port, for raw connections.
     pub addr: std::net::SocketAddr,
+    /// The Prometheus scrape port, when `metrics_listen` is set.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub mailbox: SmtpSink,
     pub db: DatabaseConnection,
     pub database_url: String,
@@ -142,6 +144,7 @@ async fn start_app(
         .await
         .unwrap();
     let addr = app.local_addr().unwrap();
+    let metrics_addr = app.metrics_addr();
     let db = app.db().clone();
     let hasher = app.hasher().clone();
 
@@ -159,6 +162,7 @@ async fn start_app(
         admin: AdminClient::new(channel.clone()),
         channel,
         addr,
+        metrics_addr,
         mailbox,
         db,
         database_url,
