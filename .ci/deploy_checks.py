@@ -23,9 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / ".ci" / "schemas"
 # Kinds the core schemas do not have, each with a schema kept here.
 CRD_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json"}
-# Settings the metrics work (issue 9) adds to src/config/raw.rs; accepted
-# here until it has them, then to be removed (a note says when).
-PENDING_SETTINGS = {"metrics_listen"}
 # Labels a scrape adds besides the metric's own.
 SCRAPE_LABELS = {"namespace", "job", "instance", "pod", "service", "container", "endpoint"}
 
@@ -213,9 +210,7 @@ def known_settings():
     fields = set(re.findall(r"^\s*pub (\w+):", body, re.M))
     secrets = re.search(r"SECRET_SETTINGS: \[&str; \d+\] = \[([^\]]*)\]", raw)
     secret_files = {s + "_file" for s in re.findall(r'"(\w+)"', secrets.group(1))}
-    for name in sorted(PENDING_SETTINGS & fields):
-        print(f"  note: src/config/raw.rs has {name} now; remove it from PENDING_SETTINGS")
-    return {"REKEY_" + f.upper() for f in fields | secret_files | PENDING_SETTINGS | {"config"}}
+    return {"REKEY_" + f.upper() for f in fields | secret_files | {"config"}}
 
 
 def mebibytes(quantity):
@@ -338,10 +333,6 @@ def check_config(binary, paths):
             for source in container.get("envFrom", []):
                 env.update(maps[source["configMapRef"]["name"]])
             env.update({e["name"]: e["value"] for e in container.get("env", [])})
-            for name in PENDING_SETTINGS:
-                if not re.search(rf"pub {name}:", raw):
-                    env.pop("REKEY_" + name.upper(), None)
-                    print(f"  note: REKEY_{name.upper()} left out: this source has no such setting yet")
             env = {k: v.replace("/etc/rekey", tmp).replace("/var/lib/rekey", tmp) for k, v in env.items()}
             run = subprocess.run([binary, "check-config"], env=env, capture_output=True, text=True)
         if run.returncode != 0:
