@@ -31,6 +31,8 @@ pub struct Outcome {
     pub errors: BTreeMap<String, u64>,
     /// One failure's message, for the report.
     pub first_error: Option<String>,
+    /// One refusal's message.
+    pub first_rejection: Option<String>,
     /// Start to the last call's end.
     pub elapsed: Duration,
 }
@@ -42,6 +44,7 @@ impl Outcome {
             rejected: histogram()?,
             errors: BTreeMap::new(),
             first_error: None,
+            first_rejection: None,
             elapsed: Duration::ZERO,
         })
     }
@@ -53,7 +56,10 @@ impl Outcome {
         match result {
             Ok(()) => self.ok.saturating_record(micros),
             Err(status) if status.code() == Code::ResourceExhausted => {
-                self.rejected.saturating_record(micros)
+                self.rejected.saturating_record(micros);
+                if self.first_rejection.is_none() {
+                    self.first_rejection = Some(status.message().to_owned());
+                }
             }
             Err(status) => {
                 *self
@@ -75,6 +81,9 @@ impl Outcome {
         }
         if self.first_error.is_none() {
             self.first_error = other.first_error;
+        }
+        if self.first_rejection.is_none() {
+            self.first_rejection = other.first_rejection;
         }
         Ok(())
     }
@@ -110,7 +119,11 @@ impl Outcome {
             .map(|(code, n)| format!("{n} × {code}"))
             .collect();
         if !allow_rejections && !self.rejected.is_empty() {
-            problems.push(format!("{} × ResourceExhausted", self.rejected.len()));
+            problems.push(format!(
+                "{} × ResourceExhausted ({})",
+                self.rejected.len(),
+                self.first_rejection.as_deref().unwrap_or("-")
+            ));
         }
         if self.ok.is_empty() {
             problems.push("no call succeeded".into());

@@ -105,14 +105,21 @@ async fn outbox_drain(bench: &mut Bench, plain: f64) -> Result<()> {
             }
         })
         .buffer_unordered(crate::rpc::CALLERS)
-        .filter(|r| std::future::ready(r.is_err()))
-        .count()
+        .filter_map(|r| std::future::ready(r.err()))
+        .collect::<Vec<tonic::Status>>()
         .await;
-    if failures > 0 {
-        bench
-            .report
-            .fail("mail: outbox", format!("{failures} SignUp calls failed"));
+    if let Some(first) = failures.first() {
+        bench.report.fail(
+            "mail: outbox",
+            format!(
+                "{} SignUp calls failed (first: {:?}: {})",
+                failures.len(),
+                first.code(),
+                first.message()
+            ),
+        );
     }
+    let failures = failures.len();
     let filled = started.elapsed();
     bench.expected_mails += burst - failures as u64;
     let delivered_at_fill = bench.sink.delivered();

@@ -117,7 +117,7 @@ pub async fn run_all(bench: &mut Bench) {
 
 impl Bench {
     /// At least `wanted` unused sign-up tokens (fewer if their mails do not
-    /// arrive within a minute): signs up fresh addresses and reads the
+    /// arrive within a minute, 10 s in quick mode): signs up fresh addresses and reads the
     /// tokens from the mails the sink keeps.
     pub async fn ensure_tokens(&mut self, wanted: usize) -> Result<()> {
         if self.tokens.len() >= wanted {
@@ -144,7 +144,8 @@ impl Bench {
             .count()
             .await;
         self.expected_mails += signed_up as u64;
-        self.drain_within(Duration::from_secs(60)).await;
+        let wait = if self.args.quick { 10 } else { 60 };
+        self.drain_within(Duration::from_secs(wait)).await;
         self.sink.keep_bodies(false);
         let kept = self.sink.take_kept();
         self.tokens.extend(clients::tokens(&kept)?);
