@@ -111,9 +111,12 @@ impl Bench {
         procfs::Meter::start(self.server.pid)
     }
 
-    /// Notes a scenario's unexpected call errors as a failure of the run.
+    /// Notes a scenario's unexpected call errors as a failure of the run:
+    /// every error but RESOURCE_EXHAUSTED, and that too beyond 1% of the
+    /// calls unless `allow_rejections` (overload).
     pub fn check(&mut self, scenario: &str, outcome: &driver::Outcome, allow_rejections: bool) {
-        if let Some(problem) = outcome.failures(allow_rejections) {
+        let tolerated = if allow_rejections { 1.0 } else { 0.01 };
+        if let Some(problem) = outcome.failures(tolerated) {
             self.report.fail(scenario, problem);
         }
     }

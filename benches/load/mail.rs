@@ -108,7 +108,12 @@ async fn outbox_drain(bench: &mut Bench, plain: f64) -> Result<()> {
         .filter_map(|r| std::future::ready(r.err()))
         .collect::<Vec<tonic::Status>>()
         .await;
-    if let Some(first) = failures.first() {
+    let refused = failures
+        .iter()
+        .filter(|f| f.code() == tonic::Code::ResourceExhausted)
+        .count();
+    let tolerated = refused == failures.len() && refused as u64 * 100 <= burst;
+    if let Some(first) = failures.first().filter(|_| !tolerated) {
         bench.report.fail(
             "mail: outbox",
             format!(
@@ -135,7 +140,7 @@ async fn outbox_drain(bench: &mut Bench, plain: f64) -> Result<()> {
         versus: percent_of(rate, plain, "lettre loop"),
         usage,
         notes: format!(
-            "{burst} SignUps in {:.1} s ({} mailed meanwhile), then the worker alone: {drain}",
+            "{burst} SignUps ({failures} refused) in {:.1} s ({} mailed meanwhile), then the worker alone: {drain}",
             filled.as_secs_f64(),
             delivered_at_fill - delivered_before,
         ),

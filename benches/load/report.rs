@@ -28,6 +28,10 @@ pub struct Row {
 impl Row {
     /// A row of calls: rps and latency of the successes.
     pub fn calls(scenario: &str, outcome: &Outcome, usage: Usage) -> Self {
+        let notes = match outcome.rejected.len() {
+            0 => String::new(),
+            n => format!("{n} refused (RESOURCE_EXHAUSTED)"),
+        };
         Self {
             scenario: scenario.to_owned(),
             rps: Some(outcome.ok_rps()),
@@ -35,7 +39,7 @@ impl Row {
             p99_ms: Some(outcome.ok_ms(0.99)),
             versus: String::new(),
             usage,
-            notes: String::new(),
+            notes,
             details: json!({
                 "ok": outcome.ok.len(),
                 "rejected": outcome.rejected.len(),
