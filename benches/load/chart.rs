@@ -11,6 +11,24 @@ use crate::report::Report;
 /// How far into the tail the x axis goes: 1 / (1 - 0.9999).
 const TAIL: f64 = 10_000.0;
 
+/// Distinct line colours, one per series (then reused).
+const COLOURS: [RGBColor; 14] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+    RGBColor(0, 0, 0),
+    RGBColor(0, 90, 50),
+    RGBColor(120, 0, 120),
+    RGBColor(255, 200, 0),
+];
+
 pub fn latency_svg(report: &Report, title: &str, path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -63,7 +81,7 @@ pub fn latency_svg(report: &Report, title: &str, path: &Path) -> Result<()> {
         .draw()
         .map_err(draw)?;
     for (i, (name, points)) in series.into_iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = COLOURS[i % COLOURS.len()].to_rgba();
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(draw)?
