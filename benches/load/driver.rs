@@ -146,6 +146,29 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = CallResult> + Send + 'static,
 {
+    closed_loop_with(callers, duration, Pushback::Ignore, call).await
+}
+
+/// What a caller does after a refusal that carries `RetryInfo`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Pushback {
+    /// Calls again at once.
+    Ignore,
+    /// Waits the delay the server asked for, as gRPC clients that honour
+    /// server pushback do (the wait is not part of any latency).
+    Honour,
+}
+
+pub async fn closed_loop_with<F, Fut>(
+    callers: usize,
+    duration: Duration,
+    pushback: Pushback,
+    call: F,
+) -> Result<Outcome>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = CallResult> + Send + 'static,
+{
     let call = Arc::new(call);
     let started = Instant::now();
     let deadline = started + duration;
@@ -157,7 +180,14 @@ where
             while Instant::now() < deadline {
                 let sent = Instant::now();
                 let result = call(caller).await;
+                let wait = match (&result, pushback) {
+                    (Err(status), Pushback::Honour) => retry_delay(status),
+                    _ => None,
+                };
                 outcome.record(sent.elapsed(), result);
+                if let Some(wait) = wait {
+                    tokio::time::sleep_until(deadline.min(Instant::now() + wait).into()).await;
+                }
             }
             anyhow::Ok(outcome)
         });
@@ -168,6 +198,18 @@ where
     }
     total.elapsed = started.elapsed();
     Ok(total)
+}
+
+/// The `RetryInfo` delay of a RESOURCE_EXHAUSTED refusal.
+fn retry_delay(status: &tonic::Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    if status.code() != Code::ResourceExhausted {
+        return None;
+    }
+    status
+        .get_error_details()
+        .retry_info()
+        .and_then(|info| info.retry_delay)
 }
 
 /// Calls `call(i)` at `rate` per second for `duration`, each in its own

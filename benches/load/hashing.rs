@@ -136,13 +136,18 @@ fn saturating_callers(bench: &Bench) -> usize {
     (bench.params.hash_permits * 4).min(bench.params.hash_permits + bench.params.hash_queue_depth)
 }
 
-async fn authenticate_loop(bench: &Bench, callers: usize, duration: Duration) -> Result<Outcome> {
+async fn authenticate_loop(
+    bench: &Bench,
+    callers: usize,
+    duration: Duration,
+    pushback: driver::Pushback,
+) -> Result<Outcome> {
     let connections = Connections::open(bench.server.addr, callers).await?;
     let accounts = Arc::new(bench.accounts.clone());
     if accounts.is_empty() {
         return Err(anyhow!("no account to authenticate"));
     }
-    driver::closed_loop(callers, duration, move |caller| {
+    driver::closed_loop_with(callers, duration, pushback, move |caller| {
         let mut client = connections.accounts(caller);
         let email = accounts[caller % accounts.len()].clone();
         async move {
@@ -162,7 +167,13 @@ async fn authenticate_loop(bench: &Bench, callers: usize, duration: Duration) ->
 pub async fn authenticate(bench: &mut Bench) -> Result<()> {
     let callers = saturating_callers(bench);
     let meter = bench.meter()?;
-    let outcome = authenticate_loop(bench, callers, bench.args.duration()).await?;
+    let outcome = authenticate_loop(
+        bench,
+        callers,
+        bench.args.duration(),
+        driver::Pushback::Ignore,
+    )
+    .await?;
     let mut row = Row::calls("authenticate", &outcome, meter.finish()?);
     row.note(format!("{callers} callers"));
     bench.authenticate_peak = Some(outcome.ok_rps());
@@ -243,7 +254,7 @@ pub async fn probe_under_load(bench: &mut Bench) -> Result<()> {
     let callers = saturating_callers(bench);
     let (loaded, hashing) = tokio::join!(
         probe(bench, duration),
-        authenticate_loop(bench, callers, duration)
+        authenticate_loop(bench, callers, duration, driver::Pushback::Ignore)
     );
     let (loaded, hashing) = (loaded?, hashing?);
     let mut row = Row::calls("probe-under-load", &loaded, meter.finish()?);
@@ -267,7 +278,15 @@ pub async fn probe_under_load(bench: &mut Bench) -> Result<()> {
 pub async fn overload(bench: &mut Bench) -> Result<()> {
     let callers = 10 * (bench.params.hash_permits + bench.params.hash_queue_depth);
     let meter = bench.meter()?;
-    let outcome = authenticate_loop(bench, callers, bench.args.duration()).await?;
+    // Refused callers wait the RetryInfo delay, as gRPC clients honouring
+    // server pushback do; a client that ignores it is flooding, not overload.
+    let outcome = authenticate_loop(
+        bench,
+        callers,
+        bench.args.duration(),
+        driver::Pushback::Honour,
+    )
+    .await?;
     let usage = meter.finish()?;
     let mut row = Row::calls("overload", &outcome, usage);
     let peak = bench.authenticate_peak.unwrap_or(f64::NAN);
@@ -276,7 +295,7 @@ pub async fn overload(bench: &mut Bench) -> Result<()> {
     let one_hash = bench.raw.map_or(f64::NAN, |r| r.one_hash_ms);
     let max_wait_ms = outcome.ok.max() as f64 / 1000.0;
     row.note(format!(
-        "{callers} callers; {:.0} rejected/s, rejection p50 {:.1} / p99 {:.1} ms ({:.0}% of one hash); max wait {:.0} ms",
+        "{callers} callers honouring RetryInfo; {:.0} rejected/s, rejection p50 {:.1} / p99 {:.1} ms ({:.0}% of one hash); max wait {:.0} ms",
         outcome.rejected_rps(),
         outcome.rejected_ms(0.5),
         outcome.rejected_ms(0.99),

@@ -15,7 +15,7 @@ use super::argon::BlockMemory;
 
 /// Niceness of the hashing threads: the runtime's threads win the CPU
 /// when both want it, hashing still gets every idle cycle.
-const HASHING_NICENESS: i32 = 10;
+const HASHING_NICENESS: i32 = 19;
 
 type Job = Box<dyn FnOnce(&mut BlockMemory) + Send>;
 

@@ -153,7 +153,6 @@ pub async fn connect(
     pool: PoolOptions,
 ) -> Result<DatabaseConnection, StoreError> {
     let url = url.expose_secret();
-    let sqlite = url.starts_with("sqlite:");
     if let Some(dir) = sqlite_file_dir(url) {
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Directory { dir, source })?;
     }
@@ -162,7 +161,7 @@ pub async fn connect(
         .sqlx_logging(false)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(pool.acquire_timeout)
-        .max_connections(pool.size.unwrap_or(if sqlite { 1 } else { 10 }));
+        .max_connections(pool.size.unwrap_or(default_pool_size(url)));
     let activity = pool.activity.clone();
     options.map_sqlx_postgres_pool_opts(move |o| {
         let activity = activity.clone();
@@ -187,6 +186,20 @@ pub async fn connect(
         db.execute_unprepared("PRAGMA foreign_keys=ON").await?;
     }
     Ok(db)
+}
+
+/// PostgreSQL: 10. A SQLite file: 4, so reads run beside the one writer
+/// (WAL); every write transaction starts with its write, so writers wait
+/// their turn (busy timeout) rather than fail. In-memory SQLite: 1, as
+/// each connection would be a database of its own.
+fn default_pool_size(url: &str) -> u32 {
+    if !url.starts_with("sqlite:") {
+        10
+    } else if url.contains(":memory:") || url.contains("mode=memory") {
+        1
+    } else {
+        4
+    }
 }
 
 /// True when every connection of the pool is checked out and the pool may

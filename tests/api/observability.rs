@@ -154,7 +154,8 @@ async fn a_flow_moves_the_metrics_with_their_labels() {
     assert!(sample(&text, "rekey_hash_permits_capacity", &[]).unwrap() >= 1.0);
     assert_eq!(sample(&text, "rekey_hash_permits_in_use", &[]), Some(0.0));
     assert_eq!(sample(&text, "rekey_hash_queue_length", &[]), Some(0.0));
-    assert_eq!(sample(&text, "db_client_connection_max", &[]), Some(1.0));
+    // SQLite file default: four connections, readers beside the writer.
+    assert_eq!(sample(&text, "db_client_connection_max", &[]), Some(4.0));
     assert!(sample(&text, "db_client_connection_count", &[("state", "idle")]).is_some());
     assert!(sample(&text, "db_client_connection_count", &[("state", "used")]).is_some());
     let build = sample(
