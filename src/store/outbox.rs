@@ -143,6 +143,9 @@ pub async fn claim_due(
                 .is_null()
                 .or(Column::LockedUntil.lte(now)),
         )
+        // The order of the `(status, next_attempt_at)` index: the first
+        // `batch` due rows are read, not the whole backlog.
+        .order_by(Column::NextAttemptAt, Order::Asc)
         .order_by(Column::Id, Order::Asc)
         .limit(batch)
         .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
