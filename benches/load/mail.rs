@@ -48,6 +48,7 @@ async fn plain_lettre_loop(bench: &mut Bench) -> Result<f64> {
             &format!("smtp://{}", bench.sink.addr),
             None,
             Duration::from_secs(bench.params.smtp_timeout_secs),
+            concurrency,
         )?,
         sender: Sender {
             from: "rekey bench <no-reply@rekey.test>".parse()?,

@@ -1,10 +1,17 @@
-//! Delivering one mail job: resolve the account, open the request, mint the
-//! token, render and send. The token's plaintext lives only in memory and
+//! Delivering a batch of claimed mail jobs: resolve the accounts, open the
+//! requests, mint the tokens, render and send. The database work is done
+//! per batch, not per mail. The token's plaintext lives only in memory and
 //! in the sent mail; a retry mints another token for the same request.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
+use futures::StreamExt;
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
+use tracing::{Instrument, Span};
 
 use super::{
     mailer::{MailError, Mailer},
@@ -16,12 +23,14 @@ use crate::{
         Clock, EmailAddress, FieldError, Locale, Purpose, RequestState, ResetUrl,
         ResetUrlAllowList, Token,
         clock::{duration_millis, millis_between},
+        mask,
     },
     store::{
-        MailKind, StoreContext, StoreError, StoreFailure, accounts, audit,
+        AuditKind, MailKind, StoreContext, StoreError, StoreFailure, accounts,
+        audit::{self, AuditEvent},
         group_commit::{Decision, GroupCommit, WorkFuture},
         outbox::{self, MailIntent, MailJob},
-        requests::{self, NewRequest, Request},
+        requests::{self, Request},
     },
 };
 
@@ -92,6 +101,12 @@ impl DeliveryError {
     }
 }
 
+/// A claimed job and the span its delivery is logged in.
+pub struct Claimed {
+    pub job: MailJob,
+    pub span: Span,
+}
+
 /// Turns mail jobs into sent messages. Cheap to clone.
 #[derive(Clone)]
 pub struct Delivery {
@@ -106,6 +121,38 @@ pub struct Delivery {
     /// with the `unknown_account` mail rather than skipped.
     notify_unknown: bool,
     clock: Arc<dyn Clock>,
+}
+
+/// What a job needs once the batch's reads are done.
+enum Plan {
+    /// Decided without sending.
+    Done(Result<Outcome, DeliveryError>),
+    /// A mail without a link: no request to open.
+    Notice {
+        template: TemplateKind,
+        locale: Locale,
+        vars: MailVars,
+        kind: MailKind,
+    },
+    /// A link mail: its request must be open and hold the token's digest
+    /// before the mail goes out.
+    Link(LinkPlan),
+}
+
+struct LinkPlan {
+    /// The request the link is for: one a previous attempt opened, or a
+    /// new one not yet written.
+    request: Request,
+    fresh: bool,
+    token: Token,
+    page: ResetUrl,
+    kind: MailKind,
+}
+
+/// The accounts and earlier requests of a batch's jobs, read at once.
+struct BatchReads {
+    accounts: HashMap<String, accounts::Account>,
+    requests: HashMap<String, Request>,
 }
 
 impl Delivery {
@@ -134,26 +181,107 @@ impl Delivery {
         self.mailer.transport.describe()
     }
 
-    pub async fn deliver(&self, job: &MailJob) -> Result<Outcome, DeliveryError> {
+    /// Delivers the jobs of one claim, `concurrency` sends at once. The
+    /// database work is done for the whole batch: one read of accounts and
+    /// earlier requests, one write opening requests and storing token
+    /// digests. Returns each job with how it went.
+    pub async fn deliver_all(
+        &self,
+        jobs: Vec<Claimed>,
+        concurrency: usize,
+    ) -> Vec<(Claimed, Result<Outcome, DeliveryError>)> {
+        let reads = match self.read_for(&jobs).await {
+            Ok(reads) => reads,
+            Err(failure) => {
+                return jobs
+                    .into_iter()
+                    .map(|claimed| {
+                        let error = DeliveryError::Store(failure.duplicate());
+                        (claimed, Err(error))
+                    })
+                    .collect();
+            }
+        };
+        let mut plans: Vec<(Claimed, Plan)> = jobs
+            .into_iter()
+            .map(|claimed| {
+                let plan = claimed.span.in_scope(|| self.plan(&claimed.job, &reads));
+                (claimed, plan)
+            })
+            .collect();
+        self.open_requests(&mut plans).await;
+        futures::stream::iter(plans)
+            .map(|(claimed, plan)| async move {
+                let result = self
+                    .send(&claimed.job, plan)
+                    .instrument(claimed.span.clone())
+                    .await;
+                (claimed, result)
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await
+    }
+
+    /// Reads the accounts of the recipients and the requests earlier
+    /// attempts opened: two queries for the batch.
+    async fn read_for(&self, jobs: &[Claimed]) -> Result<BatchReads, StoreFailure> {
+        let emails: Vec<&str> = jobs
+            .iter()
+            .filter(|claimed| claimed.job.kind != MailKind::PasswordChanged)
+            .map(|claimed| claimed.job.recipient.as_str())
+            .collect();
+        let accounts = accounts::find_active_by_emails(&self.db, &emails)
+            .await
+            .context("finding the recipients' accounts")?;
+        let request_ids: Vec<&str> = jobs
+            .iter()
+            .filter_map(|claimed| claimed.job.request_id.as_deref())
+            .collect();
+        let requests = requests::find_many(&self.db, &request_ids)
+            .await
+            .context("finding the jobs' requests")?;
+        Ok(BatchReads {
+            accounts: accounts
+                .into_iter()
+                .map(|account| (account.email.clone(), account))
+                .collect(),
+            requests: requests
+                .into_iter()
+                .map(|request| (request.id.clone(), request))
+                .collect(),
+        })
+    }
+
+    /// What `job` needs, given the batch's reads.
+    fn plan(&self, job: &MailJob, reads: &BatchReads) -> Plan {
+        match self.try_plan(job, reads) {
+            Ok(plan) => plan,
+            Err(error) => Plan::Done(Err(error)),
+        }
+    }
+
+    fn try_plan(&self, job: &MailJob, reads: &BatchReads) -> Result<Plan, DeliveryError> {
         let intent = outbox::intent(job).context("reading the mail job's payload")?;
         let email =
             EmailAddress::parse("recipient", &job.recipient).map_err(DeliveryError::Recipient)?;
+        let account = reads.accounts.get(email.as_str());
         match intent {
             MailIntent::Reset {
                 locale, reset_url, ..
             } => {
-                let Some(account) = self.active_account(&email).await? else {
-                    return self.unknown_account(&email, &locale).await;
+                let Some(account) = account else {
+                    return Ok(self.unknown_account(&email, &locale));
                 };
                 let page = self.allowed_page(&reset_url)?;
-                let locale = mail_locale(&locale, Some(&account));
+                let locale = mail_locale(&locale, Some(account));
                 let opened = RequestToOpen {
                     purpose: Purpose::Reset,
                     account_id: Some(&account.id),
                     display_name: &account.display_name,
                     locale: locale.as_str(),
                 };
-                self.send_link(job, &email, opened, &page).await
+                self.plan_link(job, &email, opened, page, reads)
             }
             MailIntent::SignUp {
                 display_name,
@@ -161,9 +289,8 @@ impl Delivery {
                 reset_url,
             } => {
                 let page = self.allowed_page(&reset_url)?;
-                let account = self.active_account(&email).await?;
-                let locale = mail_locale(&locale, account.as_ref());
-                let opened = match &account {
+                let locale = mail_locale(&locale, account);
+                let opened = match account {
                     Some(account) => RequestToOpen {
                         purpose: Purpose::Reset,
                         account_id: Some(&account.id),
@@ -177,7 +304,7 @@ impl Delivery {
                         locale: locale.as_str(),
                     },
                 };
-                self.send_link(job, &email, opened, &page).await
+                self.plan_link(job, &email, opened, page, reads)
             }
             MailIntent::PasswordChanged {
                 display_name,
@@ -186,17 +313,12 @@ impl Delivery {
             } => {
                 let template = TemplateKind::PasswordChanged;
                 record_kind(template);
-                let locale = mail_locale(&locale, None);
                 let changed_at = std::time::UNIX_EPOCH + millis_between(0, changed_at);
-                let vars = MailVars::password_changed(&display_name, email.as_str(), changed_at);
-                let at = self.clock.now_millis();
-                self.mailer
-                    .send(&email, template, &locale, &vars, at)
-                    .await?;
-                Ok(Outcome::Sent {
-                    request_id: None,
-                    kind: MailKind::PasswordChanged,
+                Ok(Plan::Notice {
                     template,
+                    locale: mail_locale(&locale, None),
+                    vars: MailVars::password_changed(&display_name, email.as_str(), changed_at),
+                    kind: MailKind::PasswordChanged,
                 })
             }
         }
@@ -205,173 +327,313 @@ impl Delivery {
     /// A reset for an address without an account: skipped, or answered
     /// with the `unknown_account` mail when that is on. The outbox keeps
     /// the job's kind (`reset`); the log and the audit name the mail.
-    async fn unknown_account(
-        &self,
-        email: &EmailAddress,
-        locale: &str,
-    ) -> Result<Outcome, DeliveryError> {
+    fn unknown_account(&self, email: &EmailAddress, locale: &str) -> Plan {
         if !self.notify_unknown {
             record_kind(TemplateKind::Reset);
-            return Ok(Outcome::Skipped("no active account"));
+            return Plan::Done(Ok(Outcome::Skipped("no active account")));
         }
         let template = TemplateKind::UnknownAccount;
         record_kind(template);
-        let vars = MailVars::unknown_account(email.as_str());
-        let now = self.clock.now_millis();
-        self.mailer
-            .send(email, template, &mail_locale(locale, None), &vars, now)
-            .await?;
-        Ok(Outcome::Sent {
-            request_id: None,
-            kind: MailKind::Reset,
+        Plan::Notice {
             template,
-        })
+            locale: mail_locale(locale, None),
+            vars: MailVars::unknown_account(email.as_str()),
+            kind: MailKind::Reset,
+        }
     }
 
-    async fn active_account(
-        &self,
-        email: &EmailAddress,
-    ) -> Result<Option<accounts::Account>, DeliveryError> {
-        Ok(accounts::find_active_by_email(&self.db, email.as_str())
-            .await
-            .context("finding the recipient's account")?)
-    }
-
-    /// Opens the job's request (or finds the one a previous attempt opened),
-    /// mints a token for it and mails its link. Name, locale and kind come
-    /// from the request, so a retry renders the same mail.
-    async fn send_link(
+    /// The request a link is for: the one a previous attempt opened if
+    /// there is one (name, locale and kind come from it, so a retry renders
+    /// the same mail), else a new one superseding the address's open
+    /// request of the same purpose.
+    fn plan_link(
         &self,
         job: &MailJob,
         email: &EmailAddress,
         opened: RequestToOpen<'_>,
-        page: &ResetUrl,
-    ) -> Result<Outcome, DeliveryError> {
+        page: ResetUrl,
+        reads: &BatchReads,
+    ) -> Result<Plan, DeliveryError> {
         let token = Token::mint().map_err(DeliveryError::Token)?;
-        let Some(request) = self.ensure_request(job, email, opened, &token).await? else {
-            return Ok(Outcome::Skipped("request no longer open"));
+        let now = self.clock.now_millis();
+        let (request, fresh) = match &job.request_id {
+            Some(request_id) => match reads.requests.get(request_id) {
+                Some(request) => match request.state(now) {
+                    RequestState::Open => (request.clone(), false),
+                    RequestState::Expired => return Err(DeliveryError::RequestExpired),
+                    _ => return Ok(Plan::Done(Ok(Outcome::Skipped("request no longer open")))),
+                },
+                None => return Ok(Plan::Done(Ok(Outcome::Skipped("request no longer open")))),
+            },
+            None => {
+                let purpose = opened.purpose;
+                let lifetime = duration_millis(self.lifetimes.of(purpose));
+                let request = Request {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    purpose,
+                    email: email.as_str().to_owned(),
+                    account_id: opened.account_id.map(str::to_owned),
+                    display_name: opened.display_name.to_owned(),
+                    locale: opened.locale.to_owned(),
+                    created_at: now,
+                    expires_at: now.saturating_add(lifetime),
+                    consumed_at: None,
+                    revoked_at: None,
+                };
+                (request, true)
+            }
         };
         let kind = link_kind(job.kind, request.purpose);
-        let template = match kind {
-            MailKind::Reset => TemplateKind::Reset,
-            MailKind::SignUp => TemplateKind::SignUp,
-            MailKind::AlreadyRegistered => TemplateKind::AlreadyRegistered,
-            MailKind::PasswordChanged => TemplateKind::PasswordChanged,
-        };
-        record_kind(template);
-        let now = self.clock.now_millis();
-        let locale = Locale::parse("locale", &request.locale).unwrap_or_default();
-        let vars = MailVars::link(
-            &request.display_name,
-            email.as_str(),
-            page.link(&token),
-            millis_between(now, request.expires_at),
-        );
-        self.mailer
-            .send(email, template, &locale, &vars, now)
-            .await?;
-        tracing::debug!(request = %request.id, "link mailed");
-        Ok(Outcome::Sent {
-            request_id: Some(request.id),
+        Ok(Plan::Link(LinkPlan {
+            request,
+            fresh,
+            token,
+            page,
             kind,
-            template,
-        })
+        }))
     }
 
-    /// The job's request, with `token`'s digest stored for it: the one a
-    /// previous attempt opened, or a new one that supersedes the email's
-    /// open request of the same purpose (one group-committed write).
-    /// `None` when the job's request was since used or revoked; an error
-    /// when it expired, so that the job becomes a dead letter saying so.
-    async fn ensure_request(
-        &self,
-        job: &MailJob,
-        email: &EmailAddress,
-        opened: RequestToOpen<'_>,
-        token: &Token,
-    ) -> Result<Option<Request>, DeliveryError> {
-        let now = self.clock.now_millis();
-        let digest = token.digest().as_str().to_owned();
-        if let Some(request_id) = &job.request_id {
-            let request = requests::find(&self.db, request_id)
-                .await
-                .context("finding the job's request")?;
-            let request = match request.map(|r| (r.state(now), r)) {
-                Some((RequestState::Open, request)) => request,
-                Some((RequestState::Expired, _)) => return Err(DeliveryError::RequestExpired),
-                _ => return Ok(None),
-            };
-            let request_id = request.id.clone();
-            self.writes
-                .write(
-                    move |tx: &DatabaseTransaction| -> WorkFuture<'_, (), DeliveryError> {
-                        Box::pin(async move {
-                            requests::add_token_digest(tx, &request_id, &digest, now)
-                                .await
-                                .context("storing the token digest")?;
-                            Ok(Decision::Keep(()))
-                        })
-                    },
-                )
-                .await?;
-            return Ok(Some(request));
+    /// Opens the batch's new requests and stores every link's token
+    /// digest, in one group-committed write. A link whose job's lease was
+    /// lost meanwhile is dropped: nothing is written or sent for it. When
+    /// the batch's write fails (another replica opened a request for the
+    /// same address at the same moment), each link is written on its own,
+    /// so one conflict fails only its own job.
+    async fn open_requests(&self, plans: &mut [(Claimed, Plan)]) {
+        let links = link_rows(plans);
+        if links.is_empty() {
+            return;
         }
-        let job = job.clone();
-        let email = email.clone();
-        let purpose = opened.purpose;
-        let account_id = opened.account_id.map(str::to_owned);
-        let display_name = opened.display_name.to_owned();
-        let locale = opened.locale.to_owned();
-        let expires_at = now.saturating_add(duration_millis(self.lifetimes.of(purpose)));
-        let request = self
-            .writes
+        let mut outcome = match self.write_links(links.clone()).await {
+            Ok(held) => links
+                .iter()
+                .map(|link| (link.job_id, Ok(held.contains(&link.job_id))))
+                .collect::<HashMap<_, _>>(),
+            Err(failure) if links.len() > 1 => {
+                tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::new(failure)),
+                    links = links.len(),
+                    "the batch's requests could not be opened together; opening each alone"
+                );
+                let mut outcome = HashMap::with_capacity(links.len());
+                for link in links {
+                    let job_id = link.job_id;
+                    let held = self.write_links(vec![link]).await;
+                    outcome.insert(job_id, held.map(|held| held.contains(&job_id)));
+                }
+                outcome
+            }
+            Err(failure) => links
+                .iter()
+                .map(|link| (link.job_id, Err(failure.duplicate())))
+                .collect(),
+        };
+        for (claimed, plan) in plans.iter_mut() {
+            if !matches!(plan, Plan::Link(_)) {
+                continue;
+            }
+            match outcome.remove(&claimed.job.id) {
+                Some(Ok(true)) | None => {}
+                Some(Ok(false)) => *plan = Plan::Done(Err(DeliveryError::LeaseLost)),
+                Some(Err(failure)) => *plan = Plan::Done(Err(DeliveryError::Store(failure))),
+            }
+        }
+    }
+
+    /// One group-committed write for `links`, all of one claim: links each
+    /// job still held by the claim to its request (the fence, and the
+    /// write's first statement, so SQLite takes the write lock at once),
+    /// revokes the requests the new ones supersede, opens them and stores
+    /// the token digests. Returns the jobs still held.
+    async fn write_links(&self, links: Vec<LinkRow>) -> Result<HashSet<i64>, StoreFailure> {
+        let now = self.clock.now_millis();
+        self.writes
             .write(
-                move |tx: &DatabaseTransaction| -> WorkFuture<'_, Option<Request>, DeliveryError> {
+                move |tx: &DatabaseTransaction| -> WorkFuture<'_, HashSet<i64>, StoreFailure> {
                     Box::pin(async move {
-                        let revoked = requests::revoke_open(tx, email.as_str(), Some(purpose), now)
-                            .await
-                            .context("revoking the superseded request")?;
-                        let superseded = "superseded by a new request";
-                        audit::record_revocations(
-                            tx,
-                            revoked,
-                            &email.masked(),
-                            superseded,
-                            None,
-                            now,
-                        )
-                        .await
-                        .context("auditing the revocation")?;
-                        let new_request = NewRequest {
-                            purpose,
-                            email: email.as_str(),
-                            account_id: account_id.as_deref(),
-                            display_name: &display_name,
-                            locale: &locale,
-                            now,
-                            expires_at,
+                        let Some(lease_token) = links.first().map(|link| link.lease_token.clone())
+                        else {
+                            return Ok(Decision::Keep(HashSet::new()));
                         };
-                        let request = requests::insert(tx, new_request)
+                        let job_links: Vec<(i64, &str, MailKind)> = links
+                            .iter()
+                            .map(|link| (link.job_id, link.request.id.as_str(), link.kind))
+                            .collect();
+                        let held: HashSet<i64> = outbox::set_requests(tx, &lease_token, &job_links)
                             .await
-                            .context("opening the request")?;
-                        let kind = link_kind(job.kind, purpose);
-                        let linked = outbox::set_request(tx, &job, &request.id, kind)
+                            .context("linking the jobs to their requests")?
+                            .into_iter()
+                            .collect();
+                        let links: Vec<&LinkRow> = links
+                            .iter()
+                            .filter(|link| held.contains(&link.job_id))
+                            .collect();
+                        open_fresh_requests(tx, &links, now).await?;
+                        let digests: Vec<(&str, &str)> = links
+                            .iter()
+                            .map(|link| (link.request.id.as_str(), link.digest.as_str()))
+                            .collect();
+                        requests::add_token_digests(tx, &digests, now)
                             .await
-                            .context("linking the job to its request")?;
-                        if !linked {
-                            // Undoes the new request.
-                            return Ok(Decision::Discard(None));
-                        }
-                        requests::add_token_digest(tx, &request.id, &digest, now)
-                            .await
-                            .context("storing the token digest")?;
-                        Ok(Decision::Keep(Some(request)))
+                            .context("storing the token digests")?;
+                        Ok(Decision::Keep(held))
                     })
                 },
             )
-            .await?;
-        request.map(Some).ok_or(DeliveryError::LeaseLost)
+            .await
     }
+
+    /// Renders and sends one planned mail.
+    async fn send(&self, job: &MailJob, plan: Plan) -> Result<Outcome, DeliveryError> {
+        let email =
+            EmailAddress::parse("recipient", &job.recipient).map_err(DeliveryError::Recipient)?;
+        let now = self.clock.now_millis();
+        match plan {
+            Plan::Done(result) => result,
+            Plan::Notice {
+                template,
+                locale,
+                vars,
+                kind,
+            } => {
+                self.mailer
+                    .send(&email, template, &locale, &vars, now)
+                    .await?;
+                Ok(Outcome::Sent {
+                    request_id: None,
+                    kind,
+                    template,
+                })
+            }
+            Plan::Link(link) => {
+                let template = match link.kind {
+                    MailKind::Reset => TemplateKind::Reset,
+                    MailKind::SignUp => TemplateKind::SignUp,
+                    MailKind::AlreadyRegistered => TemplateKind::AlreadyRegistered,
+                    MailKind::PasswordChanged => TemplateKind::PasswordChanged,
+                };
+                record_kind(template);
+                let request = link.request;
+                let locale = Locale::parse("locale", &request.locale).unwrap_or_default();
+                let vars = MailVars::link(
+                    &request.display_name,
+                    email.as_str(),
+                    link.page.link(&link.token),
+                    millis_between(now, request.expires_at),
+                );
+                self.mailer
+                    .send(&email, template, &locale, &vars, now)
+                    .await?;
+                tracing::debug!(request = %request.id, "link mailed");
+                Ok(Outcome::Sent {
+                    request_id: Some(request.id),
+                    kind: link.kind,
+                    template,
+                })
+            }
+        }
+    }
+}
+
+/// What the batch write needs of one link: owned, so the write can run on
+/// the group-commit lane.
+#[derive(Clone)]
+struct LinkRow {
+    job_id: i64,
+    lease_token: String,
+    request: Request,
+    fresh: bool,
+    kind: MailKind,
+    digest: String,
+}
+
+fn link_rows(plans: &[(Claimed, Plan)]) -> Vec<LinkRow> {
+    plans
+        .iter()
+        .filter_map(|(claimed, plan)| match plan {
+            Plan::Link(link) => Some(LinkRow {
+                job_id: claimed.job.id,
+                lease_token: claimed.job.lease_token.clone()?,
+                request: link.request.clone(),
+                fresh: link.fresh,
+                kind: link.kind,
+                digest: link.token.digest().as_str().to_owned(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Opens the fresh requests of `links` (jobs still held), superseding each
+/// address's open request of the same purpose. Two jobs of the batch for one address and purpose: the later
+/// one's request supersedes the earlier's, as if they ran one after the
+/// other.
+async fn open_fresh_requests(
+    tx: &DatabaseTransaction,
+    links: &[&LinkRow],
+    now: i64,
+) -> Result<(), StoreFailure> {
+    let fresh: Vec<&LinkRow> = links.iter().copied().filter(|link| link.fresh).collect();
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    const SUPERSEDED: &str = "superseded by a new request";
+    let mut revoked_hints = Vec::new();
+    for purpose in [Purpose::Reset, Purpose::SignUp] {
+        let emails: Vec<&str> = fresh
+            .iter()
+            .filter(|link| link.request.purpose == purpose)
+            .map(|link| link.request.email.as_str())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let revoked = requests::revoke_open_of_emails(tx, purpose, &emails, now)
+            .await
+            .context("revoking the superseded requests")?;
+        // One event per address, as a single supersession records it.
+        revoked_hints.extend(
+            revoked
+                .into_iter()
+                .collect::<BTreeSet<_>>()
+                .iter()
+                .map(|e| mask(e)),
+        );
+    }
+    // The last job of an address and purpose keeps its request open.
+    let mut last_of: HashMap<(&str, Purpose), i64> = HashMap::new();
+    for link in &fresh {
+        last_of.insert(
+            (link.request.email.as_str(), link.request.purpose),
+            link.job_id,
+        );
+    }
+    let rows: Vec<Request> = fresh
+        .iter()
+        .map(|link| {
+            let mut request = link.request.clone();
+            if last_of.get(&(request.email.as_str(), request.purpose)) != Some(&link.job_id) {
+                request.revoked_at = Some(now);
+                revoked_hints.push(mask(&request.email));
+            }
+            request
+        })
+        .collect();
+    audit::record_many(
+        tx,
+        AuditKind::Revoked,
+        revoked_hints.into_iter().map(|hint| AuditEvent {
+            email_hint: Some(hint),
+            detail: Some(SUPERSEDED),
+            ..Default::default()
+        }),
+        now,
+    )
+    .await
+    .context("auditing the revocations")?;
+    requests::insert_many(tx, &rows)
+        .await
+        .context("opening the requests")?;
+    Ok(())
 }
 
 /// The request a link mail opens, unless a previous attempt already did.

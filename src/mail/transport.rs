@@ -6,7 +6,7 @@ use lettre::{
     AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
     transport::{
         file, smtp,
-        smtp::{authentication::Credentials, response::Category},
+        smtp::{PoolConfig, authentication::Credentials, response::Category},
     },
 };
 
@@ -73,14 +73,20 @@ impl MailTransport {
     /// An SMTP relay URL: `smtp://` (plain, or STARTTLS with `?tls=required`
     /// / `?tls=opportunistic`) or `smtps://` (implicit TLS). `password`,
     /// when given, logs in as the URL's user instead of a password in it.
+    /// The pool keeps up to `connections` open: as many as sends run at
+    /// once, so that no send opens and closes a connection of its own.
     pub fn smtp(
         url: &str,
         password: Option<&str>,
         command_timeout: Duration,
+        connections: usize,
     ) -> Result<Self, TransportError> {
+        let pool =
+            PoolConfig::new().max_size(u32::try_from(connections.max(1)).unwrap_or(u32::MAX));
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.trim())
             .map_err(TransportError::SmtpUrl)?
-            .timeout(Some(command_timeout));
+            .timeout(Some(command_timeout))
+            .pool_config(pool);
         if let Some(password) = password {
             let user = url::Url::parse(url.trim())
                 .ok()

@@ -5,9 +5,12 @@
 //! backoff, or buried as a dead letter. Every write after a claim is fenced
 //! by the claim's lease token: a worker whose lease lapsed writes nothing.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
-use futures::StreamExt;
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +18,7 @@ use tracing::Instrument;
 
 use super::{
     backoff,
-    delivery::{Delivery, DeliveryError, Outcome},
+    delivery::{Claimed, Delivery, DeliveryError, Outcome},
 };
 use crate::{
     domain::{
@@ -163,11 +166,21 @@ impl MailWorker {
             .await
             .context("claiming due mail")?;
         let claimed = jobs.len();
-        futures::stream::iter(jobs)
-            .for_each_concurrent(self.options.send_concurrency.max(1), |job| {
-                self.process(job)
-            })
+        if claimed == 0 {
+            return Ok(0);
+        }
+        let mut admitted = Vec::with_capacity(claimed);
+        for job in jobs {
+            let span = job_span(&job);
+            if self.admit(&job).instrument(span.clone()).await {
+                admitted.push(Claimed { job, span });
+            }
+        }
+        let delivered = self
+            .delivery
+            .deliver_all(admitted, self.options.send_concurrency)
             .await;
+        self.record_all(delivered).await;
         Ok(claimed)
     }
 
@@ -193,50 +206,38 @@ impl MailWorker {
         }
     }
 
-    /// Delivers one job and records how it went, inside the job's span.
-    async fn process(&self, job: MailJob) {
-        let recipient = mask(&job.recipient);
-        // Delivery records the kind once it knows it: a sign-up may turn
-        // out to be "already registered".
-        let span = tracing::info_span!(
-            "mail_job",
-            job = job.id,
-            kind = tracing::field::Empty,
-            to = %recipient,
-        );
-        traces::link_to_origin(&span, job.trace_context.as_deref());
-        async {
-            match self.wait_for_global_limit().await {
-                Ok(None) => {}
-                Ok(Some(wait)) => {
-                    tracing::warn!(retry_in = ?wait, "global mail limit reached; mail waits in the outbox");
-                    let until = self.clock.now_millis().saturating_add(duration_millis(wait));
-                    match outbox::postpone(&self.db, &job, until)
-                        .await
-                        .context("postponing the job")
-                    {
-                        Ok(true) => {}
-                        Ok(false) => lease_lost(),
-                        Err(error) => tracing::warn!(error = format!("{:#}", anyhow::Error::new(error)), "the lease will bring the job back"),
-                    }
-                    return;
+    /// Whether the deployment-wide mail limit lets `job` go now; if not,
+    /// the job is put back until it does.
+    async fn admit(&self, job: &MailJob) -> bool {
+        match self.wait_for_global_limit().await {
+            Ok(None) => true,
+            Ok(Some(wait)) => {
+                tracing::warn!(retry_in = ?wait, "global mail limit reached; mail waits in the outbox");
+                let until = self
+                    .clock
+                    .now_millis()
+                    .saturating_add(duration_millis(wait));
+                match outbox::postpone(&self.db, job, until)
+                    .await
+                    .context("postponing the job")
+                {
+                    Ok(true) => {}
+                    Ok(false) => lease_lost(),
+                    Err(error) => tracing::warn!(
+                        error = format!("{:#}", anyhow::Error::new(error)),
+                        "the lease will bring the job back"
+                    ),
                 }
-                Err(error) => {
-                    tracing::warn!(error = format!("{:#}", anyhow::Error::new(error)), "the lease will bring the job back");
-                    return;
-                }
+                false
             }
-            let result = self.delivery.deliver(&job).await;
-            if let Err(error) = self.record(&job, &recipient, result).await {
-                // The lease runs out and the job is claimed again: at-least-once.
+            Err(error) => {
                 tracing::warn!(
                     error = format!("{:#}", anyhow::Error::new(error)),
-                    "could not record mail outcome"
+                    "the lease will bring the job back"
                 );
+                false
             }
         }
-        .instrument(span)
-        .await;
     }
 
     /// Takes a slot of the deployment-wide mail limit; when there is none,
@@ -263,50 +264,130 @@ impl MailWorker {
         Ok(Some(wait))
     }
 
-    async fn record(
+    /// Records how each job of a batch went: the sent and skipped ones in
+    /// one group-committed write (with the sent ones' audit events), each
+    /// failure on its own.
+    async fn record_all(&self, delivered: Vec<(Claimed, Result<Outcome, DeliveryError>)>) {
+        let now = self.clock.now_millis();
+        let mut finished = Vec::new();
+        let mut failed = Vec::new();
+        for (claimed, result) in delivered {
+            let _entered = claimed.span.enter();
+            match result {
+                Ok(Outcome::Sent {
+                    request_id,
+                    kind,
+                    template,
+                }) => {
+                    tracing::info!("mail accepted for delivery");
+                    self.metrics.mail_sent(template.name());
+                    let sent = Some(Sent {
+                        request_id,
+                        detail: template.name(),
+                    });
+                    drop(_entered);
+                    finished.push(Finished {
+                        claimed,
+                        status: MailStatus::Sent,
+                        kind,
+                        sent,
+                    });
+                }
+                Ok(Outcome::Skipped(reason)) => {
+                    tracing::info!(reason, "no mail to send");
+                    drop(_entered);
+                    let kind = claimed.job.kind;
+                    finished.push(Finished {
+                        claimed,
+                        status: MailStatus::Skipped,
+                        kind,
+                        sent: None,
+                    });
+                }
+                Err(DeliveryError::LeaseLost) => lease_lost(),
+                Err(error) => {
+                    drop(_entered);
+                    failed.push((claimed, error));
+                }
+            }
+        }
+        self.record_finished(finished, now).await;
+        let failures = failed.into_iter().map(|(claimed, error)| {
+            let span = claimed.span.clone();
+            async move {
+                if let Err(error) = self.record_failure(&claimed.job, error, now).await {
+                    // The lease runs out and the job is claimed again.
+                    tracing::warn!(
+                        error = format!("{:#}", anyhow::Error::new(error)),
+                        "could not record mail outcome"
+                    );
+                }
+            }
+            .instrument(span)
+        });
+        futures::future::join_all(failures).await;
+    }
+
+    /// Marks finished jobs sent or skipped and audits the sent ones, in one
+    /// group-committed write; nothing is written for a job whose lease was
+    /// lost (the new holder sends and audits).
+    async fn record_finished(&self, finished: Vec<Finished>, now: i64) {
+        if finished.is_empty() {
+            return;
+        }
+        let rows: Vec<FinishedRow> = finished
+            .iter()
+            .filter_map(|f| {
+                Some(FinishedRow {
+                    id: f.claimed.job.id,
+                    lease_token: f.claimed.job.lease_token.clone()?,
+                    status: f.status,
+                    kind: f.kind,
+                    mailed: f.sent.as_ref().map(|sent| AuditRow {
+                        request_id: sent.request_id.clone(),
+                        email_hint: mask(&f.claimed.job.recipient),
+                        detail: sent.detail,
+                    }),
+                })
+            })
+            .collect();
+        let written = self
+            .writes
+            .write(
+                move |tx: &DatabaseTransaction| -> WorkFuture<'_, HashSet<i64>, StoreFailure> {
+                    Box::pin(
+                        async move { write_finished(tx, &rows, now).await.map(Decision::Keep) },
+                    )
+                },
+            )
+            .await;
+        for f in finished {
+            let _entered = f.claimed.span.enter();
+            match &written {
+                Ok(written) if written.contains(&f.claimed.job.id) => {}
+                Ok(_) => lease_lost(),
+                Err(error) => tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::new(error.duplicate())),
+                    "could not record mail outcome"
+                ),
+            }
+        }
+    }
+
+    /// Schedules another attempt of a failed job, or buries it when the
+    /// failure is permanent or it has no attempt left.
+    async fn record_failure(
         &self,
         job: &MailJob,
-        recipient: &str,
-        result: Result<Outcome, DeliveryError>,
+        error: DeliveryError,
+        now: i64,
     ) -> Result<(), StoreFailure> {
-        let now = self.clock.now_millis();
-        let error = match result {
-            Ok(Outcome::Sent {
-                request_id,
-                kind,
-                template,
-            }) => {
-                tracing::info!("mail accepted for delivery");
-                self.metrics.mail_sent(template.name());
-                let sent = Sent {
-                    request_id: request_id.as_deref(),
-                    kind,
-                    detail: template.name(),
-                };
-                return self.record_sent(job, sent, recipient, now).await;
-            }
-            Ok(Outcome::Skipped(reason)) => {
-                tracing::info!(reason, "no mail to send");
-                let written = outbox::finish(&self.db, job, MailStatus::Skipped, job.kind, now)
-                    .await
-                    .context("marking the job skipped")?;
-                if !written {
-                    lease_lost();
-                }
-                return Ok(());
-            }
-            Err(DeliveryError::LeaseLost) => {
-                lease_lost();
-                return Ok(());
-            }
-            Err(error) => error,
-        };
         let permanent = error.is_permanent();
         // Relays quote the recipient in their errors; keep it masked.
         let error = mask_address_in(
             &format!("{:#}", anyhow::Error::new(error)),
             &job.recipient,
-            recipient,
+            &mask(&job.recipient),
         );
         let attempts = u32::try_from(job.attempts).unwrap_or(u32::MAX);
         let written = if permanent || attempts >= self.options.max_attempts {
@@ -333,59 +414,89 @@ impl MailWorker {
         }
         Ok(())
     }
-
-    /// Marks the job sent and audits it, in one group-committed write;
-    /// neither happens when the lease was lost (the new holder sends and
-    /// audits).
-    async fn record_sent(
-        &self,
-        job: &MailJob,
-        sent: Sent<'_>,
-        recipient: &str,
-        now: i64,
-    ) -> Result<(), StoreFailure> {
-        let job = job.clone();
-        let request_id = sent.request_id.map(str::to_owned);
-        let (kind, detail) = (sent.kind, sent.detail.to_owned());
-        let recipient = recipient.to_owned();
-        let written = self
-            .writes
-            .write(
-                move |tx: &DatabaseTransaction| -> WorkFuture<'_, bool, StoreFailure> {
-                    Box::pin(async move {
-                        let written = outbox::finish(tx, &job, MailStatus::Sent, kind, now)
-                            .await
-                            .context("marking the job sent")?;
-                        if !written {
-                            return Ok(Decision::Discard(false));
-                        }
-                        let event = AuditEvent {
-                            request_id: request_id.as_deref(),
-                            email_hint: Some(recipient),
-                            detail: Some(&detail),
-                            ..Default::default()
-                        };
-                        audit::record(tx, AuditKind::Mailed, event, now)
-                            .await
-                            .context("auditing the sent mail")?;
-                        Ok(Decision::Keep(true))
-                    })
-                },
-            )
-            .await?;
-        if !written {
-            lease_lost();
-        }
-        Ok(())
-    }
 }
 
-/// A sent job: its kind as the outbox keeps it, and the mail actually sent
-/// (the audit's detail).
-struct Sent<'a> {
-    request_id: Option<&'a str>,
+/// The span a job's delivery is logged in, linked to the trace that
+/// queued it. Delivery records the kind once it knows it: a sign-up may
+/// turn out to be "already registered".
+fn job_span(job: &MailJob) -> tracing::Span {
+    let span = tracing::info_span!(
+        "mail_job",
+        job = job.id,
+        kind = tracing::field::Empty,
+        to = %mask(&job.recipient),
+    );
+    traces::link_to_origin(&span, job.trace_context.as_deref());
+    span
+}
+
+/// A job that ended without failing: sent, or skipped.
+struct Finished {
+    claimed: Claimed,
+    status: MailStatus,
+    /// The job's kind as the outbox keeps it.
     kind: MailKind,
-    detail: &'a str,
+    sent: Option<Sent>,
+}
+
+/// A sent job's request and the mail actually sent (the audit's detail).
+struct Sent {
+    request_id: Option<String>,
+    detail: &'static str,
+}
+
+/// What the outcome write needs of a finished job, owned for the lane.
+struct FinishedRow {
+    id: i64,
+    lease_token: String,
+    status: MailStatus,
+    kind: MailKind,
+    mailed: Option<AuditRow>,
+}
+
+struct AuditRow {
+    request_id: Option<String>,
+    email_hint: String,
+    detail: &'static str,
+}
+
+/// Ends the finished jobs, one statement per status and kind, each fenced
+/// by its claim's lease token, and audits the sent ones that were written.
+/// Returns the ids written.
+async fn write_finished(
+    tx: &DatabaseTransaction,
+    rows: &[FinishedRow],
+    now: i64,
+) -> Result<HashSet<i64>, StoreFailure> {
+    let mut groups: HashMap<(&str, MailStatus, MailKind), Vec<i64>> = HashMap::new();
+    for row in rows {
+        groups
+            .entry((row.lease_token.as_str(), row.status, row.kind))
+            .or_default()
+            .push(row.id);
+    }
+    let mut written = HashSet::with_capacity(rows.len());
+    for ((lease_token, status, kind), ids) in groups {
+        let done = outbox::finish_many(tx, lease_token, &ids, status, kind, now)
+            .await
+            .context("recording the mail outcomes")?;
+        written.extend(done);
+    }
+    let mailed = rows
+        .iter()
+        .filter(|row| written.contains(&row.id))
+        .filter_map(|row| {
+            row.mailed.as_ref().map(|audit| AuditEvent {
+                request_id: audit.request_id.as_deref(),
+                email_hint: Some(audit.email_hint.clone()),
+                detail: Some(audit.detail),
+                ..Default::default()
+            })
+        });
+    audit::record_many(tx, AuditKind::Mailed, mailed, now)
+        .await
+        .context("auditing the sent mail")?;
+    Ok(written)
 }
 
 /// Logs that this worker's lease on the job lapsed and its outcome was not

@@ -59,8 +59,7 @@ pub async fn check_config(settings: &Settings, connect: bool) -> anyhow::Result<
         settings.redact(&text)
     }
 
-    let transport =
-        mail_transport(&settings.mail.transport).context("setting up the mail transport")?;
+    let transport = mail_transport(&settings.mail).context("setting up the mail transport")?;
     println!("configuration OK\n{}", settings.summary());
     if !connect {
         return Ok(());

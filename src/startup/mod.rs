@@ -19,7 +19,7 @@ use tonic_health::{
 use tower::layer::util::{Identity, Stack};
 
 use crate::{
-    config::{MailTransportSettings, Settings, TlsSettings},
+    config::{MailSettings, MailTransportSettings, Settings, TlsSettings},
     domain::{Clock, SystemClock},
     grpc::{
         self, AccountsService, AdminService, CallerLayer, ObserveLayer, PasswordResetService,
@@ -130,8 +130,7 @@ impl App {
         clock: Arc<dyn Clock>,
         on_statement: Option<StatementObserver>,
     ) -> anyhow::Result<Self> {
-        let transport =
-            mail_transport(&settings.mail.transport).context("setting up the mail transport")?;
+        let transport = mail_transport(&settings.mail).context("setting up the mail transport")?;
         if let MailTransport::File(_) = transport {
             tracing::warn!(
                 "mail, links included, is written to files: a development transport; \
@@ -458,10 +457,10 @@ impl App {
     }
 }
 
-pub(super) fn mail_transport(
-    settings: &MailTransportSettings,
-) -> Result<MailTransport, TransportError> {
-    match settings {
+/// The transport of `mail`; SMTP keeps one pooled connection per send the
+/// worker makes at once.
+pub(super) fn mail_transport(mail: &MailSettings) -> Result<MailTransport, TransportError> {
+    match &mail.transport {
         MailTransportSettings::Smtp {
             url,
             password,
@@ -470,6 +469,7 @@ pub(super) fn mail_transport(
             url.expose_secret(),
             password.as_ref().map(ExposeSecret::expose_secret),
             *timeout,
+            mail.worker.send_concurrency,
         ),
         MailTransportSettings::File { dir } => MailTransport::file(dir.clone()),
     }

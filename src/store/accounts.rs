@@ -27,6 +27,21 @@ pub async fn find_active_by_email(
         .await?)
 }
 
+/// The accounts of `emails` that may sign in, in one query.
+pub async fn find_active_by_emails(
+    db: &impl ConnectionTrait,
+    emails: &[&str],
+) -> Result<Vec<Account>, StoreError> {
+    if emails.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(Entity::find()
+        .filter(Column::Email.is_in(emails.iter().copied()))
+        .filter(Column::Status.eq(AccountStatus::Active))
+        .all(db)
+        .await?)
+}
+
 /// Inserts an active account and returns its id.
 pub async fn insert(
     db: &impl ConnectionTrait,

@@ -21,7 +21,28 @@ pub async fn record(
     event: AuditEvent<'_>,
     now: i64,
 ) -> Result<(), StoreError> {
-    audit_event::Entity::insert(audit_event::ActiveModel {
+    audit_event::Entity::insert(row(kind, event, now))
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+/// Records events of one kind, in one statement.
+pub async fn record_many<'a>(
+    db: &impl ConnectionTrait,
+    kind: AuditKind,
+    events: impl IntoIterator<Item = AuditEvent<'a>>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let rows = events.into_iter().map(|event| row(kind, event, now));
+    audit_event::Entity::insert_many(rows)
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+fn row(kind: AuditKind, event: AuditEvent<'_>, now: i64) -> audit_event::ActiveModel {
+    audit_event::ActiveModel {
         id: NotSet,
         at: Set(now),
         kind: Set(kind),
@@ -31,10 +52,7 @@ pub async fn record(
         ip: Set(event.ip),
         detail: Set(event.detail.map(str::to_owned)),
         caller: Set(event.caller.map(str::to_owned)),
-    })
-    .exec_without_returning(db)
-    .await?;
-    Ok(())
+    }
 }
 
 /// Records that `count` open requests of an address were revoked, and why;

@@ -30,7 +30,7 @@ pub enum MailStatus {
 }
 
 /// What a mail job was queued for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(32))")]
 pub enum MailKind {
     #[sea_orm(string_value = "reset")]

@@ -69,6 +69,21 @@ impl<T, E: Into<StoreError>> StoreContext<T> for Result<T, E> {
     }
 }
 
+impl StoreFailure {
+    /// The same failure again, for each of several callers it failed: a
+    /// database error is kept as it is, others by their message.
+    pub fn duplicate(&self) -> StoreFailure {
+        let source = match &self.source {
+            StoreError::Database(error) => StoreError::Database(error.clone()),
+            other => StoreError::Database(DbErr::Custom(format!("{other:#}"))),
+        };
+        StoreFailure {
+            doing: self.doing,
+            source,
+        }
+    }
+}
+
 impl StoreError {
     /// True for errors that mean "the database is not reachable right now":
     /// no connection, a connection lost mid-query, a server shutting down

@@ -162,36 +162,63 @@ pub async fn claim_due(
         .await?)
 }
 
-/// Links a claimed job to the request it opened, so a retry reuses that
-/// request, and records the kind of mail that request calls for. False,
-/// and nothing written, when the job's lease was lost.
-pub async fn set_request(
+/// Links claimed jobs to their requests, `(job id, request id, kind)`, in
+/// one statement fenced by the claim's lease token, so a retry reuses the
+/// request. Returns the ids of the jobs linked: those still held, whose
+/// rows stay locked until the transaction ends.
+pub async fn set_requests(
     db: &impl ConnectionTrait,
-    job: &MailJob,
-    request_id: &str,
-    kind: MailKind,
-) -> Result<bool, StoreError> {
-    let update = Entity::update_many()
-        .col_expr(Column::RequestId, Expr::value(request_id))
-        .col_expr(Column::Kind, Expr::value(kind));
-    fenced(db, job, update).await
+    lease_token: &str,
+    links: &[(i64, &str, MailKind)],
+) -> Result<Vec<i64>, StoreError> {
+    let Some(((first_id, first_request, first_kind), rest)) = links.split_first() else {
+        return Ok(Vec::new());
+    };
+    let mut request = Expr::case(Column::Id.eq(*first_id), Expr::value(*first_request));
+    let mut kind = Expr::case(Column::Id.eq(*first_id), Expr::value(*first_kind));
+    for (id, request_id, mail_kind) in rest {
+        request = request.case(Column::Id.eq(*id), Expr::value(*request_id));
+        kind = kind.case(Column::Id.eq(*id), Expr::value(*mail_kind));
+    }
+    let linked = Entity::update_many()
+        .col_expr(
+            Column::RequestId,
+            request.finally(Expr::col(Column::RequestId)).into(),
+        )
+        .col_expr(Column::Kind, kind.finally(Expr::col(Column::Kind)).into())
+        .filter(Column::Id.is_in(links.iter().map(|(id, ..)| *id)))
+        .filter(Column::LeaseToken.eq(lease_token))
+        .exec_with_returning(db)
+        .await?;
+    Ok(linked.into_iter().map(|job| job.id).collect())
 }
 
-/// Ends a claimed job: [`MailStatus::Sent`] or [`MailStatus::Skipped`], as
-/// the `kind` of mail it turned out to be.
-pub async fn finish(
+/// Ends claimed jobs of one claim as `status` and `kind`, in one statement
+/// fenced by the claim's lease token. Returns the ids written; the others'
+/// lease was lost.
+pub async fn finish_many(
     db: &impl ConnectionTrait,
-    job: &MailJob,
+    lease_token: &str,
+    ids: &[i64],
     status: MailStatus,
     kind: MailKind,
     now: i64,
-) -> Result<bool, StoreError> {
-    let outcome = Entity::update_many()
+) -> Result<Vec<i64>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let finished = Entity::update_many()
         .col_expr(Column::Status, Expr::value(status))
         .col_expr(Column::Kind, Expr::value(kind))
         .col_expr(Column::SentAt, Expr::value(now))
-        .col_expr(Column::LastError, Expr::value(Option::<String>::None));
-    release(db, job, outcome).await
+        .col_expr(Column::LastError, Expr::value(Option::<String>::None))
+        .col_expr(Column::LockedUntil, Expr::value(Option::<i64>::None))
+        .col_expr(Column::LeaseToken, Expr::value(Option::<String>::None))
+        .filter(Column::Id.is_in(ids.iter().copied()))
+        .filter(Column::LeaseToken.eq(lease_token))
+        .exec_with_returning(db)
+        .await?;
+    Ok(finished.into_iter().map(|job| job.id).collect())
 }
 
 /// Schedules another attempt of a claimed job.

@@ -13,39 +13,6 @@ use super::{
 use crate::domain::Purpose;
 pub use request::Model as Request;
 
-/// A request to open.
-pub struct NewRequest<'a> {
-    pub purpose: Purpose,
-    pub email: &'a str,
-    pub account_id: Option<&'a str>,
-    pub display_name: &'a str,
-    pub locale: &'a str,
-    pub now: i64,
-    pub expires_at: i64,
-}
-
-/// Inserts an open request. Revoke the open one of the same email and
-/// purpose first, in the same transaction: the partial unique index allows
-/// only one open request per email and purpose.
-pub async fn insert(db: &impl ConnectionTrait, new: NewRequest<'_>) -> Result<Request, StoreError> {
-    let model = Request {
-        id: uuid::Uuid::new_v4().to_string(),
-        purpose: new.purpose,
-        email: new.email.to_owned(),
-        account_id: new.account_id.map(str::to_owned),
-        display_name: new.display_name.to_owned(),
-        locale: new.locale.to_owned(),
-        created_at: new.now,
-        expires_at: new.expires_at,
-        consumed_at: None,
-        revoked_at: None,
-    };
-    request::Entity::insert(request::ActiveModel::from(model.clone()))
-        .exec_without_returning(db)
-        .await?;
-    Ok(model)
-}
-
 pub async fn find(
     db: &impl ConnectionTrait,
     request_id: &str,
@@ -53,6 +20,30 @@ pub async fn find(
     Ok(request::Entity::find_by_id(request_id.to_owned())
         .one(db)
         .await?)
+}
+
+/// The requests of `ids` that exist, in one query.
+pub async fn find_many(
+    db: &impl ConnectionTrait,
+    ids: &[&str],
+) -> Result<Vec<Request>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(request::Entity::find()
+        .filter(request::Column::Id.is_in(ids.iter().copied()))
+        .all(db)
+        .await?)
+}
+
+/// Inserts requests as they are, in one statement. Revoke the open ones
+/// they supersede first, and insert at most one open request per email and
+/// purpose (the partial unique index allows no more).
+pub async fn insert_many(db: &impl ConnectionTrait, rows: &[Request]) -> Result<(), StoreError> {
+    request::Entity::insert_many(rows.iter().cloned().map(request::ActiveModel::from))
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
 }
 
 /// The request a token digest belongs to, if any. One round trip.
@@ -85,6 +76,26 @@ pub async fn add_token_digest(
     })
     .exec_without_returning(db)
     .await?;
+    Ok(())
+}
+
+/// Records the digests of newly minted tokens, `(request id, digest)`, in
+/// one statement.
+pub async fn add_token_digests(
+    db: &impl ConnectionTrait,
+    digests: &[(&str, &str)],
+    now: i64,
+) -> Result<(), StoreError> {
+    let rows = digests
+        .iter()
+        .map(|(request_id, digest)| request_token::ActiveModel {
+            digest: Set((*digest).to_owned()),
+            request_id: Set((*request_id).to_owned()),
+            created_at: Set(now),
+        });
+    request_token::Entity::insert_many(rows)
+        .exec_without_returning(db)
+        .await?;
     Ok(())
 }
 
@@ -140,4 +151,26 @@ pub async fn revoke_open(
         update = update.filter(request::Column::Purpose.eq(purpose));
     }
     Ok(update.exec(db).await?.rows_affected)
+}
+
+/// Revokes the open requests of `purpose` of every address in `emails`, in
+/// one statement. Returns the email of each request revoked.
+pub async fn revoke_open_of_emails(
+    db: &impl ConnectionTrait,
+    purpose: Purpose,
+    emails: &[&str],
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    if emails.is_empty() {
+        return Ok(Vec::new());
+    }
+    let revoked = request::Entity::update_many()
+        .col_expr(request::Column::RevokedAt, Expr::value(now))
+        .filter(request::Column::Email.is_in(emails.iter().copied()))
+        .filter(request::Column::Purpose.eq(purpose))
+        .filter(request::Column::ConsumedAt.is_null())
+        .filter(request::Column::RevokedAt.is_null())
+        .exec_with_returning(db)
+        .await?;
+    Ok(revoked.into_iter().map(|request| request.email).collect())
 }

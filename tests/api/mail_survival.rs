@@ -262,11 +262,10 @@ async fn a_lapsed_lease_can_neither_overwrite_a_newer_outcome_nor_release_the_ne
             .unwrap()
     );
     assert!(!outbox::postpone(db, stale, t + 5_000).await.unwrap());
-    assert!(
-        !outbox::set_request(db, stale, "r", MailKind::Reset)
-            .await
-            .unwrap()
-    );
+    let stale_token = stale.lease_token.as_deref().unwrap();
+    let link = [(id, "r", MailKind::Reset)];
+    let linked = outbox::set_requests(db, stale_token, &link).await.unwrap();
+    assert_eq!(linked, Vec::<i64>::new());
     let row = job(&app, id).await;
     assert_eq!(row.status, MailStatus::Pending);
     assert_eq!(row.locked_until, Some(t + 60_000), "the new lease holds");
@@ -274,11 +273,13 @@ async fn a_lapsed_lease_can_neither_overwrite_a_newer_outcome_nor_release_the_ne
     assert_eq!(row.request_id, None);
 
     // The new holder's outcome lands, and the stale one cannot overwrite it.
-    let sent = outbox::finish(db, fresh, MailStatus::Sent, MailKind::Reset, t + 3_000);
-    assert!(sent.await.unwrap());
+    let fresh_token = fresh.lease_token.as_deref().unwrap();
+    let (sent, reset) = (MailStatus::Sent, MailKind::Reset);
+    let written = outbox::finish_many(db, fresh_token, &[id], sent, reset, t + 3_000).await;
+    assert_eq!(written.unwrap(), vec![id]);
     assert!(!outbox::bury(db, stale, "timed out").await.unwrap());
-    let stale_sent = outbox::finish(db, stale, MailStatus::Sent, MailKind::Reset, t + 4_000);
-    assert!(!stale_sent.await.unwrap());
+    let stale_sent = outbox::finish_many(db, stale_token, &[id], sent, reset, t + 4_000).await;
+    assert_eq!(stale_sent.unwrap(), Vec::<i64>::new());
     let row = job(&app, id).await;
     assert_eq!(row.status, MailStatus::Sent);
     assert_eq!(row.sent_at, Some(t + 3_000));

@@ -1,12 +1,15 @@
 use futures::future::join_all;
 use std::time::Duration;
 
-use rekey::store::{AuditKind, entities::audit_event};
+use rekey::store::{
+    AuditKind, MailStatus,
+    entities::{audit_event, mail_outbox, request},
+};
 use sea_orm::EntityTrait;
 
 use crate::{
     flow_test,
-    helpers::{Backend, PASSWORD, TestApp, assert_error, spawn_app, spawn_app_with},
+    helpers::{Backend, PASSWORD, RESET_PAGE, TestApp, assert_error, spawn_app, spawn_app_with},
 };
 
 async fn reset_token_for(app: &mut TestApp, email: &str) -> String {
@@ -115,6 +118,102 @@ async fn a_new_request_revokes_the_older_link(backend: Backend) {
     );
 }
 flow_test!(a_new_request_revokes_the_older_link);
+
+async fn of_two_resets_claimed_in_one_batch_only_the_later_link_works(backend: Backend) {
+    use rekey::{
+        domain::Clock,
+        store::outbox::{self, MailIntent},
+    };
+    use sea_orm::TransactionTrait;
+
+    let mut app = spawn_app(backend).await;
+    app.create_account("jane@example.com", "Jane").await;
+    app.wait_for_outbox_drained().await;
+    let mails_before = app.mailbox.to("jane@example.com").len();
+    let mailed = |events: &[audit_event::Model]| {
+        events
+            .iter()
+            .filter(|e| e.kind == AuditKind::Mailed)
+            .count()
+    };
+    let mailed_before = mailed(&audit_event::Entity::find().all(&app.db).await.unwrap());
+    // Queued in one transaction, so that the worker claims both at once.
+    let intent = MailIntent::Reset {
+        locale: String::new(),
+        reset_url: RESET_PAGE.into(),
+    };
+    let now = app.clock.now_millis();
+    let tx = app.db.begin().await.unwrap();
+    let first = outbox::enqueue(&tx, "jane@example.com", &intent, now)
+        .await
+        .unwrap();
+    let second = outbox::enqueue(&tx, "jane@example.com", &intent, now)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let mails = app
+        .mailbox
+        .wait_for("jane@example.com", mails_before + 2)
+        .await;
+    app.wait_for_outbox_drained().await;
+    let jobs = mail_outbox::Entity::find().all(&app.db).await.unwrap();
+    let job = |id: i64| jobs.iter().find(|job| job.id == id).unwrap();
+    assert_eq!(
+        (job(first).attempts, job(second).attempts),
+        (1, 1),
+        "one claim"
+    );
+    assert_eq!(job(first).status, MailStatus::Sent);
+    assert_eq!(job(second).status, MailStatus::Sent);
+
+    // The later job's request is the open one; the earlier's link is revoked.
+    let request_of = |id: i64| job(id).request_id.clone().unwrap();
+    let requests = request::Entity::find().all(&app.db).await.unwrap();
+    let state = |id: String| {
+        let request = requests.iter().find(|r| r.id == id).unwrap();
+        (request.revoked_at.is_some(), request.consumed_at.is_some())
+    };
+    assert_eq!(state(request_of(first)), (true, false));
+    assert_eq!(state(request_of(second)), (false, false));
+    let mut outcomes = Vec::new();
+    for mail in &mails[mails_before..] {
+        match app
+            .reset_password(&mail.token(), "a brand new passphrase")
+            .await
+        {
+            Ok(_) => outcomes.push("reset"),
+            Err(status) => {
+                assert_error(
+                    &status,
+                    tonic::Code::FailedPrecondition,
+                    Some("TOKEN_REVOKED"),
+                );
+                outcomes.push("revoked");
+            }
+        }
+    }
+    outcomes.sort_unstable();
+    assert_eq!(outcomes, ["reset", "revoked"]);
+
+    let events = audit_event::Entity::find().all(&app.db).await.unwrap();
+    let revoked: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == AuditKind::Revoked)
+        .collect();
+    assert_eq!(revoked.len(), 1, "{events:?}");
+    assert_eq!(revoked[0].email_hint.as_deref(), Some("j***@example.com"));
+    assert_eq!(
+        revoked[0].detail.as_deref(),
+        Some("superseded by a new request")
+    );
+    assert_eq!(
+        mailed(&events),
+        mailed_before + 2,
+        "both resets: {events:?}"
+    );
+}
+flow_test!(of_two_resets_claimed_in_one_batch_only_the_later_link_works);
 
 async fn an_unknown_or_malformed_token_is_not_found(backend: Backend) {
     let mut app = spawn_app(backend).await;
