@@ -210,15 +210,27 @@ impl Delivery {
             })
             .collect();
         self.open_requests(&mut plans).await;
+        // Each send is a task of its own, so that rendering and the SMTP
+        // conversations of a batch run on every runtime thread.
         futures::stream::iter(plans)
-            .map(|(claimed, plan)| async move {
-                let result = self
-                    .send(&claimed.job, plan)
-                    .instrument(claimed.span.clone())
-                    .await;
-                (claimed, result)
+            .map(|(claimed, plan)| {
+                let delivery = self.clone();
+                let span = claimed.span.clone();
+                tokio::spawn(
+                    async move {
+                        let result = delivery.send(&claimed.job, plan).await;
+                        (claimed, result)
+                    }
+                    .instrument(span),
+                )
             })
             .buffer_unordered(concurrency.max(1))
+            .filter_map(|sent| async move {
+                // A send that panicked has no outcome; its lease brings the
+                // job back.
+                sent.inspect_err(|error| tracing::error!(%error, "a mail send task failed"))
+                    .ok()
+            })
             .collect()
             .await
     }

@@ -7,7 +7,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
     time::Duration,
 };
 
@@ -35,6 +38,11 @@ use crate::{
     },
     telemetry::{metrics::Metrics, traces},
 };
+
+/// Batches claimed and processed at once, each sending up to
+/// `send_concurrency` mails at a time: while one batch waits on the relay,
+/// the next is claimed and its requests written.
+pub const BATCHES_IN_FLIGHT: usize = 2;
 
 /// The rate-limit key of the deployment-wide mail cap.
 const GLOBAL_MAIL_KEY: &str = "mail:global";
@@ -77,6 +85,8 @@ pub struct MailWorker {
     wake: Arc<Notify>,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
+    /// When jobs out of attempts were last buried (Unix milliseconds).
+    last_burial: Arc<AtomicI64>,
 }
 
 impl MailWorker {
@@ -97,6 +107,7 @@ impl MailWorker {
             wake,
             clock,
             metrics: Metrics::disabled(),
+            last_burial: Arc::new(AtomicI64::new(i64::MIN)),
         }
     }
 
@@ -119,6 +130,22 @@ impl MailWorker {
             ),
             "mail worker started"
         );
+        let loops = (0..BATCHES_IN_FLIGHT).map(|_| {
+            let worker = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { worker.claim_loop(&shutdown).await })
+        });
+        for stopped in futures::future::join_all(loops).await {
+            if let Err(error) = stopped {
+                tracing::error!(%error, "a mail claim loop failed");
+            }
+        }
+        tracing::info!("mail worker stopped");
+    }
+
+    /// Claims and processes batches until `shutdown`, waiting when there
+    /// is nothing due.
+    async fn claim_loop(&self, shutdown: &CancellationToken) {
         loop {
             let claimed = match self.run_once().await {
                 Ok(claimed) => claimed,
@@ -142,29 +169,56 @@ impl MailWorker {
                 () = tokio::time::sleep(self.idle_wait().await) => {}
             }
         }
-        tracing::info!("mail worker stopped");
     }
 
-    /// Buries the jobs out of attempts, then claims one batch of due jobs
-    /// and processes it. Returns how many were claimed.
+    /// Buries the jobs out of attempts (at most once per poll interval),
+    /// then claims one batch of due jobs and processes it. Returns how many
+    /// were claimed.
     pub async fn run_once(&self) -> Result<usize, StoreFailure> {
         let now = self.clock.now_millis();
         let max_attempts = self.options.max_attempts;
-        let buried = outbox::bury_exhausted(&self.db, now, max_attempts)
-            .await
-            .context("burying mail out of attempts")?;
-        if buried > 0 {
-            tracing::error!(
-                jobs = buried,
-                max_attempts,
-                "mail out of attempts with no outcome recorded; dead letters"
-            );
+        let last_burial = self.last_burial.load(Ordering::Relaxed);
+        let burial_due = last_burial.saturating_add(duration_millis(self.options.poll_interval));
+        if now >= burial_due || now < last_burial {
+            self.last_burial.store(now, Ordering::Relaxed);
+            let buried = self
+                .writes
+                .write(
+                    move |tx: &DatabaseTransaction| -> WorkFuture<'_, u64, StoreFailure> {
+                        Box::pin(async move {
+                            let buried = outbox::bury_exhausted(tx, now, max_attempts)
+                                .await
+                                .context("burying mail out of attempts")?;
+                            Ok(Decision::Keep(buried))
+                        })
+                    },
+                )
+                .await?;
+            if buried > 0 {
+                tracing::error!(
+                    jobs = buried,
+                    max_attempts,
+                    "mail out of attempts with no outcome recorded; dead letters"
+                );
+            }
         }
         let lease_until = now.saturating_add(duration_millis(self.options.lease));
         let batch = self.options.batch_size;
-        let jobs = outbox::claim_due(&self.db, now, lease_until, batch, max_attempts)
-            .await
-            .context("claiming due mail")?;
+        // Through the group commit, like every other write: on SQLite a
+        // claim of its own would wait on the writer's lock.
+        let jobs = self
+            .writes
+            .write(
+                move |tx: &DatabaseTransaction| -> WorkFuture<'_, Vec<MailJob>, StoreFailure> {
+                    Box::pin(async move {
+                        let jobs = outbox::claim_due(tx, now, lease_until, batch, max_attempts)
+                            .await
+                            .context("claiming due mail")?;
+                        Ok(Decision::Keep(jobs))
+                    })
+                },
+            )
+            .await?;
         let claimed = jobs.len();
         if claimed == 0 {
             return Ok(0);

@@ -34,7 +34,7 @@ use crate::{
         delivery::Delivery,
         mailer::Mailer,
         transport::{MailTransport, TransportError},
-        worker::MailWorker,
+        worker::{BATCHES_IN_FLIGHT, MailWorker},
     },
     security::{hashing::PasswordHasher, tls::ReloadingAcceptor},
     service::{Admission, Readiness, RetentionPolicy, ServiceContext, run_retention},
@@ -458,7 +458,7 @@ impl App {
 }
 
 /// The transport of `mail`; SMTP keeps one pooled connection per send the
-/// worker makes at once.
+/// worker may make at once.
 pub(super) fn mail_transport(mail: &MailSettings) -> Result<MailTransport, TransportError> {
     match &mail.transport {
         MailTransportSettings::Smtp {
@@ -469,7 +469,7 @@ pub(super) fn mail_transport(mail: &MailSettings) -> Result<MailTransport, Trans
             url.expose_secret(),
             password.as_ref().map(ExposeSecret::expose_secret),
             *timeout,
-            mail.worker.send_concurrency,
+            mail.worker.send_concurrency * BATCHES_IN_FLIGHT,
         ),
         MailTransportSettings::File { dir } => MailTransport::file(dir.clone()),
     }
