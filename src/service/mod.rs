@@ -31,7 +31,7 @@ pub use verify_token::{TokenInfo, verify_token};
 use crate::{
     domain::{Clock, FieldError, PasswordPolicy, ResetUrl, ResetUrlAllowList},
     security::hashing::PasswordHasher,
-    store::group_commit::GroupCommit,
+    store::{audit::AuditQueue, group_commit::GroupCommit},
     telemetry::metrics::Metrics,
 };
 
@@ -49,6 +49,8 @@ pub struct ServiceContext {
     pub limits: Limits,
     /// Writes on the hot path, committed in groups.
     pub writes: GroupCommit,
+    /// Audit events written off the caller's path.
+    pub audit: AuditQueue,
     pub metrics: Metrics,
 }
 

@@ -2,15 +2,12 @@
 //! page can say "link expired" before the user types, and a mail scanner
 //! that opens the link does no harm.
 
-use sea_orm::DatabaseTransaction;
-
 use super::{ServiceContext, ServiceError, TokenProblem};
 use crate::{
     domain::{FieldError, Purpose, RequestState, Token, mask},
     store::{
-        AuditKind, StoreContext, StoreFailure,
-        audit::{self, AuditEvent},
-        group_commit::{Decision, WorkFuture},
+        AuditKind, StoreContext,
+        audit::AuditEvent,
         requests::{self, Request},
     },
 };
@@ -32,33 +29,16 @@ pub async fn verify_token(
     let now = ctx.clock.now_millis();
     let request = usable_request(ctx, raw_token, now).await?;
     let email_hint = mask(&request.email);
-    // A read-only check: its audit event is queued for the next group
-    // commit rather than written before the answer.
-    let account_id = request.account_id.clone();
-    let request_id = request.id.clone();
-    let hint = email_hint.clone();
-    let caller = caller.map(str::to_owned);
-    let doing = "auditing the verification";
-    ctx.writes
-        .write_detached(
-            doing,
-            move |tx: &DatabaseTransaction| -> WorkFuture<'_, (), StoreFailure> {
-                Box::pin(async move {
-                    let event = AuditEvent {
-                        account_id: account_id.as_deref(),
-                        request_id: Some(&request_id),
-                        email_hint: Some(hint),
-                        caller: caller.as_deref(),
-                        ..Default::default()
-                    };
-                    audit::record(tx, AuditKind::Verified, event, now)
-                        .await
-                        .context(doing)?;
-                    Ok(Decision::Keep(()))
-                })
-            },
-        )
-        .await?;
+    // A read-only check: its audit event is queued and written with
+    // others in one statement, not before the answer.
+    let event = AuditEvent {
+        account_id: request.account_id.as_deref(),
+        request_id: Some(&request.id),
+        email_hint: Some(email_hint.clone()),
+        caller,
+        ..Default::default()
+    };
+    ctx.audit.record(AuditKind::Verified, event, now).await?;
     Ok(TokenInfo {
         purpose: request.purpose,
         expires_at: request.expires_at,

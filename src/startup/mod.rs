@@ -38,7 +38,7 @@ use crate::{
     },
     security::{hashing::PasswordHasher, tls::ReloadingAcceptor},
     service::{Admission, Readiness, RetentionPolicy, ServiceContext, run_retention},
-    store::{self, group_commit::GroupCommit},
+    store::{self, audit::AuditQueue, group_commit::GroupCommit},
     telemetry::{
         endpoint,
         gauges::{self, GaugeSources, Gauges, OutboxGauge, ReadyGauge},
@@ -86,6 +86,7 @@ pub struct App {
     db: DatabaseConnection,
     hasher: PasswordHasher,
     writes: GroupCommit,
+    audit: AuditQueue,
     worker: MailWorker,
     health_check_interval: Duration,
     shutdown_grace: Duration,
@@ -193,8 +194,10 @@ impl App {
         let links = settings.links;
         let allowed_pages = links.allowed_reset_urls.clone();
         let writes = GroupCommit::start(&db, GroupCommit::lanes_for(&db));
+        let audit = AuditQueue::start(writes.clone());
         let ctx = ServiceContext {
             writes: writes.clone(),
+            audit: audit.clone(),
             db: db.clone(),
             hasher: hasher.clone(),
             password_policy: passwords.policy,
@@ -285,6 +288,7 @@ impl App {
             db,
             hasher,
             writes,
+            audit,
             worker,
             health_check_interval: settings.health_check_interval,
             shutdown_grace: settings.shutdown_grace,
@@ -332,6 +336,7 @@ impl App {
             transport,
             db,
             writes,
+            audit,
             worker,
             health_check_interval,
             shutdown_grace: grace,
@@ -442,7 +447,11 @@ impl App {
             ),
         }
         // Queued audit records of answered calls are written before exit.
-        if tokio::time::timeout(grace, writes.flush()).await.is_err() {
+        let flushed = async {
+            audit.flush().await;
+            writes.flush().await;
+        };
+        if tokio::time::timeout(grace, flushed).await.is_err() {
             tracing::warn!(
                 ?grace,
                 "queued writes not flushed within the shutdown grace"

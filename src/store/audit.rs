@@ -1,8 +1,15 @@
 //! Audit events: who did what, when, without secrets.
 
-use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, ConnectionTrait, EntityTrait};
+use sea_orm::{
+    ActiveValue::NotSet, ActiveValue::Set, ConnectionTrait, DatabaseTransaction, EntityTrait,
+};
+use tokio::sync::{mpsc, oneshot};
 
-use super::{AuditKind, StoreError, entities::audit_event};
+use super::{
+    AuditKind, StoreContext, StoreError, StoreFailure,
+    entities::audit_event,
+    group_commit::{Decision, GroupCommit, WorkFuture},
+};
 
 /// One event. `email_hint` must be masked; `detail` must hold no secret.
 #[derive(Debug, Default)]
@@ -75,4 +82,95 @@ pub async fn record_revocations(
         ..Default::default()
     };
     record(db, AuditKind::Revoked, event, now).await
+}
+
+/// Events queued before the callers queueing more wait.
+const QUEUE_DEPTH: usize = 8192;
+/// Most events written by one statement.
+const MAX_ROWS: usize = 512;
+
+/// Audit events recorded off the caller's path (a verification's): queued,
+/// then written many to a statement in one group-committed write. Cheap to
+/// clone; [`Self::flush`] waits until everything queued so far is written.
+#[derive(Clone)]
+pub struct AuditQueue {
+    entries: mpsc::Sender<Entry>,
+}
+
+// Nearly every entry is an event: boxing them would allocate per event.
+#[allow(clippy::large_enum_variant)]
+enum Entry {
+    Event(audit_event::ActiveModel),
+    Flush(oneshot::Sender<()>),
+}
+
+impl AuditQueue {
+    /// Starts the task writing the queue through `writes`; it stops when
+    /// the last handle is dropped, after the events already queued.
+    pub fn start(writes: GroupCommit) -> Self {
+        let (entries, queued) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(write_queued(writes, queued));
+        Self { entries }
+    }
+
+    /// Queues an event; waits only while the queue is full.
+    pub async fn record(
+        &self,
+        kind: AuditKind,
+        event: AuditEvent<'_>,
+        now: i64,
+    ) -> Result<(), StoreFailure> {
+        self.entries
+            .send(Entry::Event(row(kind, event, now)))
+            .await
+            .map_err(|_| StoreFailure {
+                doing: "queueing an audit event",
+                source: StoreError::Database(sea_orm::DbErr::Custom("rekey is stopping".into())),
+            })
+    }
+
+    /// Waits until the events queued so far are written (or failed).
+    pub async fn flush(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.entries.send(Entry::Flush(done)).await.is_ok() {
+            let _ = flushed.await;
+        }
+    }
+}
+
+async fn write_queued(writes: GroupCommit, mut queued: mpsc::Receiver<Entry>) {
+    let mut entries = Vec::with_capacity(MAX_ROWS);
+    while queued.recv_many(&mut entries, MAX_ROWS).await > 0 {
+        let mut rows = Vec::with_capacity(entries.len());
+        let mut flushes = Vec::new();
+        for entry in entries.drain(..) {
+            match entry {
+                Entry::Event(row) => rows.push(row),
+                Entry::Flush(done) => flushes.push(done),
+            }
+        }
+        let events = rows.len();
+        if events > 0 {
+            let written = writes
+                .write(
+                    move |tx: &DatabaseTransaction| -> WorkFuture<'_, (), StoreFailure> {
+                        Box::pin(async move {
+                            audit_event::Entity::insert_many(rows)
+                                .exec_without_returning(tx)
+                                .await
+                                .context("recording queued audit events")?;
+                            Ok(Decision::Keep(()))
+                        })
+                    },
+                )
+                .await;
+            if let Err(error) = written {
+                let error = anyhow::Error::new(error);
+                tracing::warn!(error = format!("{error:#}"), events, "audit events lost");
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
 }

@@ -93,27 +93,6 @@ impl GroupCommit {
             .and_then(|result| result)
     }
 
-    /// Queues `work` without waiting for its commit: for records whose
-    /// caller need not wait (a verification's audit event). Failures are
-    /// logged; [`Self::flush`] waits for everything queued so far.
-    pub async fn write_detached(
-        &self,
-        doing: &'static str,
-        work: impl for<'t> FnOnce(&'t DatabaseTransaction) -> WorkFuture<'t, (), StoreFailure>
-        + Send
-        + 'static,
-    ) -> Result<(), StoreFailure> {
-        let (answer, answered) = oneshot::channel::<Result<(), StoreFailure>>();
-        self.submit(work, answer).await?;
-        tokio::spawn(async move {
-            if let Ok(Err(error)) = answered.await {
-                let error = anyhow::Error::new(error);
-                tracing::warn!(error = format!("{error:#}"), doing, "a queued write failed");
-            }
-        });
-        Ok(())
-    }
-
     /// Waits until the work submitted so far, on every lane, has ended.
     pub async fn flush(&self) {
         for lane in self.lanes.iter() {

@@ -36,6 +36,29 @@ async fn verify_token_does_not_consume_it(backend: Backend) {
 }
 flow_test!(verify_token_does_not_consume_it);
 
+async fn each_verification_is_audited_by_the_time_the_server_stops(backend: Backend) {
+    let mut app = spawn_app(backend).await;
+    app.create_account("jane@example.com", "Jane").await;
+    let token = reset_token_for(&mut app, "jane@example.com").await;
+    for _ in 0..3 {
+        app.verify(&token).await.unwrap();
+    }
+    // Queued audit events are written before a graceful stop returns.
+    app.stop().await.unwrap();
+
+    let events = audit_event::Entity::find().all(&app.db).await.unwrap();
+    let verified: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == AuditKind::Verified)
+        .collect();
+    assert_eq!(verified.len(), 3, "{events:?}");
+    for event in verified {
+        assert_eq!(event.email_hint.as_deref(), Some("j***@example.com"));
+        assert!(event.request_id.is_some() && event.account_id.is_some());
+    }
+}
+flow_test!(each_verification_is_audited_by_the_time_the_server_stops);
+
 async fn a_used_token_is_refused(backend: Backend) {
     let mut app = spawn_app(backend).await;
     app.create_account("jane@example.com", "Jane").await;
