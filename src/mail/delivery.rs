@@ -238,11 +238,13 @@ impl Delivery {
     /// Reads the accounts of the recipients and the requests earlier
     /// attempts opened: two queries for the batch.
     async fn read_for(&self, jobs: &[Claimed]) -> Result<BatchReads, StoreFailure> {
-        let emails: Vec<&str> = jobs
+        // Looked up as each job's plan does: the parsed address.
+        let emails: Vec<EmailAddress> = jobs
             .iter()
             .filter(|claimed| claimed.job.kind != MailKind::PasswordChanged)
-            .map(|claimed| claimed.job.recipient.as_str())
+            .filter_map(|claimed| EmailAddress::parse("recipient", &claimed.job.recipient).ok())
             .collect();
+        let emails: Vec<&str> = emails.iter().map(EmailAddress::as_str).collect();
         let accounts = accounts::find_active_by_emails(&self.db, &emails)
             .await
             .context("finding the recipients' accounts")?;
