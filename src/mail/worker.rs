@@ -326,7 +326,9 @@ impl MailWorker {
         let mut finished = Vec::new();
         let mut failed = Vec::new();
         for (claimed, result) in delivered {
-            let _entered = claimed.span.enter();
+            // A handle of its own: `claimed` moves on while the span is entered.
+            let span = claimed.span.clone();
+            let _entered = span.enter();
             match result {
                 Ok(Outcome::Sent {
                     request_id,
@@ -339,7 +341,6 @@ impl MailWorker {
                         request_id,
                         detail: template.name(),
                     });
-                    drop(_entered);
                     finished.push(Finished {
                         claimed,
                         status: MailStatus::Sent,
@@ -349,7 +350,6 @@ impl MailWorker {
                 }
                 Ok(Outcome::Skipped(reason)) => {
                     tracing::info!(reason, "no mail to send");
-                    drop(_entered);
                     let kind = claimed.job.kind;
                     finished.push(Finished {
                         claimed,
@@ -360,7 +360,6 @@ impl MailWorker {
                 }
                 Err(DeliveryError::LeaseLost) => lease_lost(),
                 Err(error) => {
-                    drop(_entered);
                     failed.push((claimed, error));
                 }
             }
