@@ -129,6 +129,7 @@ enum Plan {
     Done(Result<Outcome, DeliveryError>),
     /// A mail without a link: no request to open.
     Notice {
+        to: EmailAddress,
         template: TemplateKind,
         locale: Locale,
         vars: MailVars,
@@ -140,6 +141,7 @@ enum Plan {
 }
 
 struct LinkPlan {
+    to: EmailAddress,
     /// The request the link is for: one a previous attempt opened, or a
     /// new one not yet written.
     request: Request,
@@ -218,7 +220,7 @@ impl Delivery {
                 let span = claimed.span.clone();
                 tokio::spawn(
                     async move {
-                        let result = delivery.send(&claimed.job, plan).await;
+                        let result = delivery.send(plan).await;
                         (claimed, result)
                     }
                     .instrument(span),
@@ -285,7 +287,7 @@ impl Delivery {
                 locale, reset_url, ..
             } => {
                 let Some(account) = account else {
-                    return Ok(self.unknown_account(&email, &locale));
+                    return Ok(self.unknown_account(email, &locale));
                 };
                 let page = self.allowed_page(&reset_url)?;
                 let locale = mail_locale(&locale, Some(account));
@@ -295,7 +297,7 @@ impl Delivery {
                     display_name: &account.display_name,
                     locale: locale.as_str(),
                 };
-                self.plan_link(job, &email, opened, page, reads)
+                self.plan_link(job, email, opened, page, reads)
             }
             MailIntent::SignUp {
                 display_name,
@@ -318,7 +320,7 @@ impl Delivery {
                         locale: locale.as_str(),
                     },
                 };
-                self.plan_link(job, &email, opened, page, reads)
+                self.plan_link(job, email, opened, page, reads)
             }
             MailIntent::PasswordChanged {
                 display_name,
@@ -333,6 +335,7 @@ impl Delivery {
                     locale: mail_locale(&locale, None),
                     vars: MailVars::password_changed(&display_name, email.as_str(), changed_at),
                     kind: MailKind::PasswordChanged,
+                    to: email,
                 })
             }
         }
@@ -341,7 +344,7 @@ impl Delivery {
     /// A reset for an address without an account: skipped, or answered
     /// with the `unknown_account` mail when that is on. The outbox keeps
     /// the job's kind (`reset`); the log and the audit name the mail.
-    fn unknown_account(&self, email: &EmailAddress, locale: &str) -> Plan {
+    fn unknown_account(&self, email: EmailAddress, locale: &str) -> Plan {
         if !self.notify_unknown {
             record_kind(TemplateKind::Reset);
             return Plan::Done(Ok(Outcome::Skipped("no active account")));
@@ -353,6 +356,7 @@ impl Delivery {
             locale: mail_locale(locale, None),
             vars: MailVars::unknown_account(email.as_str()),
             kind: MailKind::Reset,
+            to: email,
         }
     }
 
@@ -363,7 +367,7 @@ impl Delivery {
     fn plan_link(
         &self,
         job: &MailJob,
-        email: &EmailAddress,
+        email: EmailAddress,
         opened: RequestToOpen<'_>,
         page: ResetUrl,
         reads: &BatchReads,
@@ -399,6 +403,7 @@ impl Delivery {
         };
         let kind = link_kind(job.kind, request.purpose);
         Ok(Plan::Link(LinkPlan {
+            to: email,
             request,
             fresh,
             token,
@@ -446,9 +451,11 @@ impl Delivery {
             if !matches!(plan, Plan::Link(_)) {
                 continue;
             }
+            // A link without an answer had no lease token to fence with:
+            // its request was not written, so it is not sent.
             match outcome.remove(&claimed.job.id) {
-                Some(Ok(true)) | None => {}
-                Some(Ok(false)) => *plan = Plan::Done(Err(DeliveryError::LeaseLost)),
+                Some(Ok(true)) => {}
+                Some(Ok(false)) | None => *plan = Plan::Done(Err(DeliveryError::LeaseLost)),
                 Some(Err(failure)) => *plan = Plan::Done(Err(DeliveryError::Store(failure))),
             }
         }
@@ -498,21 +505,18 @@ impl Delivery {
     }
 
     /// Renders and sends one planned mail.
-    async fn send(&self, job: &MailJob, plan: Plan) -> Result<Outcome, DeliveryError> {
-        let email =
-            EmailAddress::parse("recipient", &job.recipient).map_err(DeliveryError::Recipient)?;
+    async fn send(&self, plan: Plan) -> Result<Outcome, DeliveryError> {
         let now = self.clock.now_millis();
         match plan {
             Plan::Done(result) => result,
             Plan::Notice {
+                to,
                 template,
                 locale,
                 vars,
                 kind,
             } => {
-                self.mailer
-                    .send(&email, template, &locale, &vars, now)
-                    .await?;
+                self.mailer.send(&to, template, &locale, &vars, now).await?;
                 Ok(Outcome::Sent {
                     request_id: None,
                     kind,
@@ -531,12 +535,12 @@ impl Delivery {
                 let locale = Locale::parse("locale", &request.locale).unwrap_or_default();
                 let vars = MailVars::link(
                     &request.display_name,
-                    email.as_str(),
+                    link.to.as_str(),
                     link.page.link(&link.token),
                     millis_between(now, request.expires_at),
                 );
                 self.mailer
-                    .send(&email, template, &locale, &vars, now)
+                    .send(&link.to, template, &locale, &vars, now)
                     .await?;
                 tracing::debug!(request = %request.id, "link mailed");
                 Ok(Outcome::Sent {

@@ -211,9 +211,8 @@ pub async fn finish_many(
         .col_expr(Column::Status, Expr::value(status))
         .col_expr(Column::Kind, Expr::value(kind))
         .col_expr(Column::SentAt, Expr::value(now))
-        .col_expr(Column::LastError, Expr::value(Option::<String>::None))
-        .col_expr(Column::LockedUntil, Expr::value(Option::<i64>::None))
-        .col_expr(Column::LeaseToken, Expr::value(Option::<String>::None))
+        .col_expr(Column::LastError, Expr::value(Option::<String>::None));
+    let finished = without_lease(finished)
         .filter(Column::Id.is_in(ids.iter().copied()))
         .filter(Column::LeaseToken.eq(lease_token))
         .exec_with_returning(db)
@@ -266,10 +265,14 @@ async fn release(
     job: &MailJob,
     outcome: UpdateMany<Entity>,
 ) -> Result<bool, StoreError> {
-    let outcome = outcome
+    fenced(db, job, without_lease(outcome)).await
+}
+
+/// `update`, also releasing the lease it is fenced by.
+fn without_lease(update: UpdateMany<Entity>) -> UpdateMany<Entity> {
+    update
         .col_expr(Column::LockedUntil, Expr::value(Option::<i64>::None))
-        .col_expr(Column::LeaseToken, Expr::value(Option::<String>::None));
-    fenced(db, job, outcome).await
+        .col_expr(Column::LeaseToken, Expr::value(Option::<String>::None))
 }
 
 /// Runs `update` on `job`'s row only while it holds the lease it was
