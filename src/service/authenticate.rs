@@ -16,6 +16,7 @@ use crate::{
     store::{
         AuditKind, StoreContext, accounts,
         audit::{self, AuditEvent},
+        group_commit::Rows,
     },
 };
 
@@ -103,20 +104,17 @@ pub async fn authenticate(
             if let Some(meter) = &failures {
                 limits::count(ctx, meter, now).await?;
             }
-            audit::record(
-                &ctx.db,
-                AuditKind::AuthenticationFailed,
-                AuditEvent {
-                    account_id: account.as_ref().map(|a| a.id.as_str()),
-                    email_hint: Some(email.masked()),
-                    ip,
-                    caller: input.caller.as_deref(),
-                    ..Default::default()
-                },
-                now,
-            )
-            .await
-            .context("auditing the failed authentication")?;
+            let event = AuditEvent {
+                account_id: account.as_ref().map(|a| a.id.as_str()),
+                email_hint: Some(email.masked()),
+                ip,
+                caller: input.caller.as_deref(),
+                ..Default::default()
+            };
+            let row = audit::row(AuditKind::AuthenticationFailed, event, now);
+            ctx.writes
+                .insert::<ServiceError>(Rows::default().audit(row))
+                .await?;
             tracing::info!(email = %email.masked(), "authentication failed");
             return Err(ServiceError::InvalidCredentials);
         }

@@ -10,6 +10,7 @@ use crate::{
     store::{
         AuditKind, StoreContext,
         audit::{self, AuditEvent},
+        group_commit::Rows,
         rate_limits::{self, Charge},
     },
 };
@@ -180,20 +181,17 @@ async fn refuse(
     refused: Refused<'_>,
     now: i64,
 ) -> Result<(), ServiceError> {
-    audit::record(
-        &ctx.db,
-        AuditKind::RateLimited,
-        AuditEvent {
-            email_hint: Some(refused.email.masked()),
-            ip: refused.ip,
-            detail: Some(meter.setting),
-            caller: refused.caller,
-            ..Default::default()
-        },
-        now,
-    )
-    .await
-    .context("auditing the rate-limited call")?;
+    let event = AuditEvent {
+        email_hint: Some(refused.email.masked()),
+        ip: refused.ip,
+        detail: Some(meter.setting),
+        caller: refused.caller,
+        ..Default::default()
+    };
+    let row = audit::row(AuditKind::RateLimited, event, now);
+    ctx.writes
+        .insert::<ServiceError>(Rows::default().audit(row))
+        .await?;
     tracing::info!(email = %refused.email.masked(), limit = meter.setting, "rate limited");
     ctx.metrics.rate_limited(meter.label());
     Ok(())

@@ -14,7 +14,7 @@ use crate::{
     store::{
         AuditKind, StoreContext,
         audit::{self, AuditEvent},
-        group_commit::{Decision, WorkFuture},
+        group_commit::{Decision, Rows, WorkFuture},
         outbox::{self, MailIntent},
         rate_limits,
     },
@@ -116,42 +116,39 @@ pub(super) async fn queue(
         .limits
         .link_request(email, purpose, request.ip.as_deref());
     let charges = limits::charges(&meters);
-    let queued = QueuedMail {
-        recipient: email.as_str().to_owned(),
-        email_hint: email.masked(),
-        intent: intent.clone(),
+    let event = AuditEvent {
+        email_hint: Some(email.masked()),
         ip: request.ip.clone(),
-        caller: request.caller.clone(),
+        caller: request.caller.as_deref(),
+        ..Default::default()
     };
-    let over = ctx
-        .writes
-        .write(
-            move |tx: &DatabaseTransaction| -> WorkFuture<'_, Vec<String>, ServiceError> {
-                Box::pin(async move {
-                    let over = rate_limits::take(tx, &charges, now)
-                        .await
-                        .context("counting the call against its rate limits")?;
-                    if !over.is_empty() {
-                        // Nothing counted, nothing written.
-                        return Ok(Decision::Discard(over));
-                    }
-                    outbox::enqueue(tx, &queued.recipient, &queued.intent, now)
-                        .await
-                        .context("queueing the mail job")?;
-                    let event = AuditEvent {
-                        email_hint: Some(queued.email_hint),
-                        ip: queued.ip,
-                        caller: queued.caller.as_deref(),
-                        ..Default::default()
-                    };
-                    audit::record(tx, kind, event, now)
-                        .await
-                        .context("auditing the request")?;
-                    Ok(Decision::Keep(over))
-                })
-            },
-        )
-        .await?;
+    // The job and its audit row are inserted with the rest of the batch's.
+    let rows = Rows::default()
+        .mail(outbox::new_job(email.as_str(), intent, now).context("queueing the mail job")?)
+        .audit(audit::row(kind, event, now));
+    let over = if charges.is_empty() {
+        ctx.writes.insert::<ServiceError>(rows).await?;
+        Vec::new()
+    } else {
+        ctx.writes
+            .write_then_insert(
+                move |tx: &DatabaseTransaction| -> WorkFuture<'_, Vec<String>, ServiceError> {
+                    Box::pin(async move {
+                        let over = rate_limits::take(tx, &charges, now)
+                            .await
+                            .context("counting the call against its rate limits")?;
+                        // Over a limit: nothing counted, nothing written.
+                        Ok(if over.is_empty() {
+                            Decision::Keep(over)
+                        } else {
+                            Decision::Discard(over)
+                        })
+                    })
+                },
+                rows,
+            )
+            .await?
+    };
     if !over.is_empty() {
         let refused = Refused {
             email,
@@ -163,13 +160,4 @@ pub(super) async fn queue(
     ctx.mail_wake.notify_one();
     tracing::info!(email = %email.masked(), kind = %kind.to_value(), "mail queued");
     Ok(())
-}
-
-/// What a queued mail's write needs, owned so it can wait for its batch.
-struct QueuedMail {
-    recipient: String,
-    email_hint: String,
-    intent: MailIntent,
-    ip: Option<String>,
-    caller: Option<String>,
 }

@@ -48,7 +48,8 @@ pub async fn record_many<'a>(
     Ok(())
 }
 
-fn row(kind: AuditKind, event: AuditEvent<'_>, now: i64) -> audit_event::ActiveModel {
+/// The row of one event, for a batch's multi-row insert.
+pub fn row(kind: AuditKind, event: AuditEvent<'_>, now: i64) -> audit_event::ActiveModel {
     audit_event::ActiveModel {
         id: NotSet,
         at: Set(now),

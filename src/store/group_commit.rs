@@ -1,7 +1,9 @@
 //! Group commit: the writes of many calls run in one transaction, each in
 //! its own savepoint, and are committed once. N calls then cost one commit
 //! (one fsync), which is what bounds SQLite's single writer; each caller
-//! still hears back only once its write is durable.
+//! still hears back only once its write is durable. Plain inserts a call
+//! hands over as [`Rows`] are merged across the batch: one multi-row
+//! statement per table instead of one statement per call.
 //!
 //! Work is spread over a few lanes, each a task with one transaction at a
 //! time: one lane on SQLite (it has one writer anyway), several on
@@ -16,14 +18,21 @@ use std::{
     },
 };
 
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait};
+use sea_orm::{
+    DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait, TransactionTrait,
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::{StoreContext, StoreFailure};
+use super::{
+    StoreContext, StoreFailure,
+    entities::{audit_event, mail_outbox},
+};
 
 /// Most pieces of work committed together.
 const MAX_BATCH: usize = 256;
+/// Most rows in one multi-row insert (SQLite allows 32,766 bound values).
+const MAX_ROWS_PER_INSERT: usize = 512;
 /// Work waiting per lane before submitters wait too.
 const LANE_QUEUE: usize = 4096;
 
@@ -36,12 +45,65 @@ pub enum Decision<T> {
 
 pub type WorkFuture<'t, T, E> = Pin<Box<dyn Future<Output = Result<Decision<T>, E>> + Send + 't>>;
 
+/// Rows a piece of work inserts if it is kept. They are written with the
+/// rows of the rest of its batch, just before the commit, so they need no
+/// statement (nor savepoint) of their own.
+#[derive(Default)]
+pub struct Rows {
+    mail: Vec<mail_outbox::ActiveModel>,
+    audit: Vec<audit_event::ActiveModel>,
+}
+
+impl Rows {
+    pub fn mail(mut self, job: mail_outbox::ActiveModel) -> Self {
+        self.mail.push(job);
+        self
+    }
+
+    pub fn audit(mut self, event: audit_event::ActiveModel) -> Self {
+        self.audit.push(event);
+        self
+    }
+
+    fn append(&mut self, mut other: Rows) {
+        self.mail.append(&mut other.mail);
+        self.audit.append(&mut other.audit);
+    }
+
+    async fn insert(self, tx: &DatabaseTransaction) -> Result<(), DbErr> {
+        let mut mail = self.mail.into_iter().peekable();
+        while mail.peek().is_some() {
+            mail_outbox::Entity::insert_many(mail.by_ref().take(MAX_ROWS_PER_INSERT))
+                .exec_without_returning(tx)
+                .await?;
+        }
+        let mut audit = self.audit.into_iter().peekable();
+        while audit.peek().is_some() {
+            audit_event::Entity::insert_many(audit.by_ref().take(MAX_ROWS_PER_INSERT))
+                .exec_without_returning(tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// What a submitter hands a lane: work to run in a savepoint, or a decision
+/// already taken (no savepoint, no statement).
+enum Step<W, T> {
+    Work(W),
+    Decided(Decision<T>),
+}
+
+/// The work type of a [`Step::Decided`].
+type NoWork<E> = for<'t> fn(&'t DatabaseTransaction) -> WorkFuture<'t, (), E>;
+
 /// Tells the submitter how its work ended, given whether the batch committed.
 type Answer = Box<dyn FnOnce(Result<(), &DbErr>) + Send>;
-/// Runs in the batch's transaction, or fails with why it could not start.
+/// Runs in the batch's transaction, or fails with why it could not start;
+/// yields the rows it keeps for the batch's inserts.
 type Job =
     Box<dyn for<'t> FnOnce(Result<&'t DatabaseTransaction, &'t DbErr>) -> AnswerFuture<'t> + Send>;
-type AnswerFuture<'t> = Pin<Box<dyn Future<Output = Answer> + Send + 't>>;
+type AnswerFuture<'t> = Pin<Box<dyn Future<Output = (Answer, Rows)> + Send + 't>>;
 
 /// Submits write work to the lanes. Cheap to clone.
 #[derive(Clone)]
@@ -85,8 +147,44 @@ impl GroupCommit {
         T: Send + 'static,
         E: From<StoreFailure> + Send + 'static,
     {
+        self.write_then_insert(work, Rows::default()).await
+    }
+
+    /// Like [`write`](Self::write); if `work` keeps its writes, `rows` are
+    /// inserted too, with the rest of the batch's rows.
+    pub async fn write_then_insert<T, E>(
+        &self,
+        work: impl for<'t> FnOnce(&'t DatabaseTransaction) -> WorkFuture<'t, T, E> + Send + 'static,
+        rows: Rows,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreFailure> + Send + 'static,
+    {
+        self.run(Step::Work(work), rows).await
+    }
+
+    /// Inserts `rows` in the next batch (no savepoint, no statement of
+    /// their own) and answers once the batch is committed.
+    pub async fn insert<E>(&self, rows: Rows) -> Result<(), E>
+    where
+        E: From<StoreFailure> + Send + 'static,
+    {
+        self.run(Step::<NoWork<E>, ()>::Decided(Decision::Keep(())), rows)
+            .await
+    }
+
+    /// Submits `step` and its rows and waits for the batch's answer.
+    async fn run<T, E, W>(&self, step: Step<W, T>, rows: Rows) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreFailure> + Send + 'static,
+        W: for<'t> FnOnce(&'t DatabaseTransaction) -> WorkFuture<'t, T, E> + Send + 'static,
+    {
         let (answer, answered) = oneshot::channel();
-        self.submit(work, answer).await?;
+        let job = erase(step, rows, answer);
+        let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        self.lanes[lane].send(job).await.map_err(|_| lane_gone())?;
         answered
             .await
             .map_err(|_| E::from(lane_gone()))
@@ -98,9 +196,8 @@ impl GroupCommit {
         for lane in self.lanes.iter() {
             let (answer, answered) = oneshot::channel::<Result<(), StoreFailure>>();
             let job = erase(
-                |_: &DatabaseTransaction| -> WorkFuture<'_, (), StoreFailure> {
-                    Box::pin(async { Ok(Decision::Discard(())) })
-                },
+                Step::<NoWork<StoreFailure>, ()>::Decided(Decision::Discard(())),
+                Rows::default(),
                 answer,
             );
             if lane.send(job).await.is_ok() {
@@ -108,35 +205,18 @@ impl GroupCommit {
             }
         }
     }
-
-    async fn submit<T, E>(
-        &self,
-        work: impl for<'t> FnOnce(&'t DatabaseTransaction) -> WorkFuture<'t, T, E> + Send + 'static,
-        answer: oneshot::Sender<Result<T, E>>,
-    ) -> Result<(), StoreFailure>
-    where
-        T: Send + 'static,
-        E: From<StoreFailure> + Send + 'static,
-    {
-        let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
-        self.lanes[lane]
-            .send(erase(work, answer))
-            .await
-            .map_err(|_| lane_gone())
-    }
 }
 
 /// Wraps typed work into a lane job that runs it in a savepoint, inside
-/// the submitter's span. Work whose submitter stopped waiting (deadline,
-/// cancelled call) is skipped, or undone if it already ran: a caller told
-/// its call failed must not find it applied later.
-fn erase<T, E>(
-    work: impl for<'t> FnOnce(&'t DatabaseTransaction) -> WorkFuture<'t, T, E> + Send + 'static,
-    answer: oneshot::Sender<Result<T, E>>,
-) -> Job
+/// the submitter's span, and hands its rows to the batch if it is kept. Work
+/// whose submitter stopped waiting (deadline, cancelled call) is skipped, or
+/// undone if it already ran: a caller told its call failed must not find it
+/// applied later.
+fn erase<T, E, W>(step: Step<W, T>, rows: Rows, answer: oneshot::Sender<Result<T, E>>) -> Job
 where
     T: Send + 'static,
     E: From<StoreFailure> + Send + 'static,
+    W: for<'t> FnOnce(&'t DatabaseTransaction) -> WorkFuture<'t, T, E> + Send + 'static,
 {
     let span = tracing::Span::current();
     Box::new(
@@ -145,19 +225,27 @@ where
                 async move {
                     let tx = match tx {
                         Ok(tx) if !answer.is_closed() => tx,
-                        Ok(_) => return no_answer(),
+                        Ok(_) => return (no_answer(), Rows::default()),
                         Err(error) => {
                             let _ = answer.send(Err(E::from(StoreFailure {
                                 doing: "starting a batch of writes",
                                 source: error.clone().into(),
                             })));
-                            return no_answer();
+                            return (no_answer(), Rows::default());
                         }
                     };
-                    let outcome = in_savepoint(tx, work, || answer.is_closed()).await;
-                    Box::new(move |committed: Result<(), &DbErr>| {
+                    let outcome = match step {
+                        Step::Work(work) => in_savepoint(tx, work, || answer.is_closed()).await,
+                        Step::Decided(Decision::Keep(value)) => Ok((value, true)),
+                        Step::Decided(Decision::Discard(value)) => Ok((value, false)),
+                    };
+                    let kept_rows = match &outcome {
+                        Ok((_, true)) => rows,
+                        _ => Rows::default(),
+                    };
+                    let answer = Box::new(move |committed: Result<(), &DbErr>| {
                         let result = match (outcome, committed) {
-                            (Ok(value), Ok(())) => Ok(value),
+                            (Ok((value, _)), Ok(())) => Ok(value),
                             (Err(error), _) => Err(error),
                             (Ok(_), Err(error)) => Err(E::from(StoreFailure {
                                 doing: "committing a batch of writes",
@@ -165,7 +253,8 @@ where
                             })),
                         };
                         let _ = answer.send(result);
-                    }) as Answer
+                    }) as Answer;
+                    (answer, kept_rows)
                 }
                 .instrument(span),
             )
@@ -178,20 +267,21 @@ fn no_answer() -> Answer {
     Box::new(|_: Result<(), &DbErr>| {})
 }
 
+/// Runs `work` in a savepoint; the flag says whether its writes were kept.
 async fn in_savepoint<T, E: From<StoreFailure>>(
     tx: &DatabaseTransaction,
     work: impl for<'t> FnOnce(&'t DatabaseTransaction) -> WorkFuture<'t, T, E>,
     abandoned: impl Fn() -> bool,
-) -> Result<T, E> {
+) -> Result<(T, bool), E> {
     let savepoint = tx.begin().await.context("starting a savepoint")?;
     match work(&savepoint).await {
         Ok(Decision::Keep(value)) if !abandoned() => {
             savepoint.commit().await.context("releasing a savepoint")?;
-            Ok(value)
+            Ok((value, true))
         }
         Ok(Decision::Keep(value) | Decision::Discard(value)) => {
             savepoint.rollback().await.context("undoing a savepoint")?;
-            Ok(value)
+            Ok((value, false))
         }
         Err(error) => {
             savepoint.rollback().await.context("undoing a savepoint")?;
@@ -213,10 +303,21 @@ async fn run_lane(db: DatabaseConnection, mut jobs: mpsc::Receiver<Job>) {
             }
         };
         let mut answers = Vec::with_capacity(batch.len());
+        let mut rows = Rows::default();
         for job in batch.drain(..) {
-            answers.push(job(Ok(&tx)).await);
+            let (answer, kept_rows) = job(Ok(&tx)).await;
+            rows.append(kept_rows);
+            answers.push(answer);
         }
-        let committed = tx.commit().await;
+        // Rows that cannot be inserted fail the whole batch, as a failed
+        // commit does: nobody is told their write is durable.
+        let committed = match rows.insert(&tx).await {
+            Ok(()) => tx.commit().await,
+            Err(error) => {
+                let _ = tx.rollback().await;
+                Err(error)
+            }
+        };
         for answer in answers {
             answer(committed.as_ref().copied());
         }

@@ -58,12 +58,24 @@ pub async fn enqueue(
     intent: &MailIntent,
     now: i64,
 ) -> Result<i64, StoreError> {
-    let payload = serde_json::to_string(intent)?;
-    let result = Entity::insert(mail_outbox::ActiveModel {
+    let result = Entity::insert(new_job(recipient, intent, now)?)
+        .exec(db)
+        .await?;
+    Ok(result.last_insert_id)
+}
+
+/// The row of a job due now, carrying the current trace context, for
+/// [`enqueue`] or a batch's multi-row insert.
+pub fn new_job(
+    recipient: &str,
+    intent: &MailIntent,
+    now: i64,
+) -> Result<mail_outbox::ActiveModel, StoreError> {
+    Ok(mail_outbox::ActiveModel {
         id: NotSet,
         kind: Set(intent.kind()),
         recipient: Set(recipient.to_owned()),
-        payload: Set(payload),
+        payload: Set(serde_json::to_string(intent)?),
         request_id: Set(None),
         status: Set(MailStatus::Pending),
         attempts: Set(0),
@@ -75,9 +87,6 @@ pub async fn enqueue(
         sent_at: Set(None),
         trace_context: Set(crate::telemetry::traces::current_traceparent()),
     })
-    .exec(db)
-    .await?;
-    Ok(result.last_insert_id)
 }
 
 pub fn intent(job: &MailJob) -> Result<MailIntent, StoreError> {

@@ -289,3 +289,116 @@ async fn the_global_mail_limit_holds_mail_back_without_dropping_it(backend: Back
     .await;
 }
 flow_test!(the_global_mail_limit_holds_mail_back_without_dropping_it);
+
+/// Calls batched into one group commit: those over the limit leave neither
+/// a job nor an audit row, the others leave exactly one of each.
+async fn concurrent_calls_over_the_limit_write_nothing(backend: Backend) {
+    let app = spawn_app_with(backend, |f| {
+        f.merge(("rate_limit_per_email", "3/15m"))
+            .merge(("rate_limit_per_ip", "off"))
+    })
+    .await;
+    let calls = (0..8).map(|_| {
+        let mut reset = app.reset.clone();
+        async move {
+            reset
+                .request_reset(pb::RequestResetRequest {
+                    email: "jane@example.com".into(),
+                    ..Default::default()
+                })
+                .await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(refused.len(), 5, "{results:?}");
+    for status in refused {
+        assert_rate_limited(status, "REKEY_RATE_LIMIT_PER_EMAIL");
+    }
+    let jobs = mail_outbox::Entity::find()
+        .filter(mail_outbox::Column::Recipient.eq("jane@example.com"))
+        .count(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 3);
+    let requested = audit_event::Entity::find()
+        .filter(audit_event::Column::Kind.eq(AuditKind::ResetRequested))
+        .count(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(requested, 3);
+}
+flow_test!(concurrent_calls_over_the_limit_write_nothing);
+
+/// With no limit to count against, a call's rows go straight into its
+/// batch's multi-row inserts; each call still leaves its own job and event.
+async fn without_limits_each_concurrent_call_leaves_its_job_and_event(backend: Backend) {
+    let app = spawn_app_with(backend, |f| {
+        f.merge(("rate_limit_per_email", "off"))
+            .merge(("rate_limit_per_ip", "off"))
+    })
+    .await;
+    let calls = (0..40).map(|i| {
+        let mut reset = app.reset.clone();
+        async move {
+            reset
+                .sign_up(pb::SignUpRequest {
+                    email: format!("user{i}@example.com"),
+                    display_name: format!("User {i}"),
+                    ..Default::default()
+                })
+                .await
+        }
+    });
+    for result in futures::future::join_all(calls).await {
+        result.unwrap();
+    }
+    let mut recipients: Vec<String> = mail_outbox::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|job| job.recipient)
+        .collect();
+    recipients.sort();
+    let mut expected: Vec<String> = (0..40).map(|i| format!("user{i}@example.com")).collect();
+    expected.sort();
+    assert_eq!(recipients, expected);
+    let requested = audit_event::Entity::find()
+        .filter(audit_event::Column::Kind.eq(AuditKind::SignUpRequested))
+        .count(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(requested, 40);
+}
+flow_test!(without_limits_each_concurrent_call_leaves_its_job_and_event);
+
+/// A batch whose merged inserts fail is undone as a whole, and no call in
+/// it is told its request was taken (SQLite: a trigger refuses the audit row).
+#[tokio::test]
+async fn a_batch_whose_rows_cannot_be_inserted_acknowledges_nothing() {
+    use sea_orm::ConnectionTrait;
+    let mut app = spawn_app_with(Backend::Sqlite, |f| {
+        f.merge(("rate_limit_per_email", "off"))
+            .merge(("rate_limit_per_ip", "off"))
+    })
+    .await;
+    app.db
+        .execute_unprepared(
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events \
+             BEGIN SELECT RAISE(ABORT, 'audit refused by the test'); END",
+        )
+        .await
+        .unwrap();
+    let refused = app.request_reset("jane@example.com").await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Internal, "{refused:?}");
+    assert!(!refused.message().contains("jane"), "{refused:?}");
+    assert_eq!(mail_outbox::Entity::find().count(&app.db).await.unwrap(), 0);
+
+    app.db
+        .execute_unprepared("DROP TRIGGER refuse_audit")
+        .await
+        .unwrap();
+    app.request_reset("jane@example.com").await.unwrap();
+    assert_eq!(mail_outbox::Entity::find().count(&app.db).await.unwrap(), 1);
+}
