@@ -13,9 +13,8 @@ use tokio::sync::oneshot;
 
 use super::argon::BlockMemory;
 
-/// Niceness of the hashing threads where `SCHED_IDLE` is not available:
-/// the runtime's threads win the CPU when both want it, hashing still gets
-/// every idle cycle.
+/// Niceness of the hashing threads: the runtime's threads win the CPU
+/// when both want it, hashing still gets every idle cycle.
 const HASHING_NICENESS: i32 = 19;
 
 type Job = Box<dyn FnOnce(&mut BlockMemory) + Send>;
@@ -70,24 +69,8 @@ fn next_job(queue: &Mutex<mpsc::Receiver<Job>>) -> Option<Job> {
     queue.lock().ok()?.recv().ok()
 }
 
-/// Puts the calling thread in Linux's `SCHED_IDLE` class: it runs only when
-/// no ordinary thread wants the CPU, and a waking runtime thread preempts it
-/// at once (under niceness 19 it could still wait out part of a time slice).
-/// Elsewhere, or if the policy is refused, niceness 19 instead. Both are per
-/// thread: only the calling thread is lowered.
+/// On Linux niceness is per thread: this lowers only the calling thread.
 fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        use thread_priority::{
-            NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
-            set_thread_priority_and_policy, thread_native_id,
-        };
-        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-        match set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
-            Ok(()) => return,
-            Err(error) => tracing::debug!(?error, "hashing threads are not SCHED_IDLE"),
-        }
-    }
     if let Err(error) = rustix::process::setpriority_process(None, HASHING_NICENESS) {
         tracing::debug!(%error, "hashing threads keep the default priority");
     }
@@ -99,21 +82,19 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn hashing_runs_in_the_idle_scheduling_class() {
-        use thread_priority::{
-            NormalThreadSchedulePolicy, ThreadSchedulePolicy, thread_schedule_policy,
-        };
+    async fn hashing_runs_at_a_lower_priority_than_its_caller() {
+        let callers_niceness = rustix::process::getpriority_process(None).unwrap();
         let params = Params::new(64, 1, 1, None).unwrap();
         let threads = HashThreads::start(1, &params).unwrap();
-        let policy = threads.run(|_| thread_schedule_policy()).await.unwrap();
+        let niceness = threads
+            .run(|_| rustix::process::getpriority_process(None))
+            .await
+            .unwrap();
+        assert_eq!(niceness.unwrap(), HASHING_NICENESS);
+        // Only the hashing thread is lowered.
         assert_eq!(
-            policy.unwrap(),
-            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle)
-        );
-        // The caller's thread keeps the ordinary class.
-        assert_eq!(
-            thread_schedule_policy().unwrap(),
-            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other)
+            rustix::process::getpriority_process(None).unwrap(),
+            callers_niceness
         );
     }
 }
