@@ -1,14 +1,12 @@
 //! Audit events: who did what, when, without secrets.
 
-use sea_orm::{
-    ActiveValue::NotSet, ActiveValue::Set, ConnectionTrait, DatabaseTransaction, EntityTrait,
-};
+use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, ConnectionTrait, EntityTrait};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AuditKind, StoreContext, StoreError, StoreFailure,
+    AuditKind, StoreError, StoreFailure,
     entities::audit_event,
-    group_commit::{Decision, GroupCommit, WorkFuture},
+    group_commit::{GroupCommit, Rows},
 };
 
 /// One event. `email_hint` must be masked; `detail` must hold no secret.
@@ -87,7 +85,7 @@ pub async fn record_revocations(
 
 /// Events queued before the callers queueing more wait.
 const QUEUE_DEPTH: usize = 8192;
-/// Most events written by one statement.
+/// Most events taken from the queue for one batch.
 const MAX_ROWS: usize = 512;
 
 /// Audit events recorded off the caller's path (a verification's): queued,
@@ -152,19 +150,9 @@ async fn write_queued(writes: GroupCommit, mut queued: mpsc::Receiver<Entry>) {
         }
         let events = rows.len();
         if events > 0 {
-            let written = writes
-                .write(
-                    move |tx: &DatabaseTransaction| -> WorkFuture<'_, (), StoreFailure> {
-                        Box::pin(async move {
-                            audit_event::Entity::insert_many(rows)
-                                .exec_without_returning(tx)
-                                .await
-                                .context("recording queued audit events")?;
-                            Ok(Decision::Keep(()))
-                        })
-                    },
-                )
-                .await;
+            // The events join the batch's other rows: no statement of their own.
+            let rows = rows.into_iter().fold(Rows::default(), Rows::audit);
+            let written = writes.insert::<StoreFailure>(rows).await;
             if let Err(error) = written {
                 let error = anyhow::Error::new(error);
                 tracing::warn!(error = format!("{error:#}"), events, "audit events lost");
