@@ -57,6 +57,8 @@ pub struct Server {
     pub startup: Duration,
     /// VmRSS once serving and idle, MiB.
     pub idle_rss_mib: f64,
+    /// The server's database, for scenarios that write to it directly.
+    pub database_url: String,
     log: std::path::PathBuf,
     postgres_database: Option<String>,
     _dir: tempfile::TempDir,
@@ -156,6 +158,7 @@ impl Server {
             health_addr,
             startup: Duration::ZERO,
             idle_rss_mib: 0.0,
+            database_url: database_url.clone(),
             log,
             postgres_database,
             _dir: dir,

@@ -399,3 +399,106 @@ fn the_smtp_password_file_is_read_and_never_printed() {
     assert!(!out.everything().contains("wrong-pw-5e9a"), "{out:?}");
     assert!(!out.everything().contains(SMTP_SECRET), "{out:?}");
 }
+
+flow_test!(mail_in_hand_when_the_server_stops_is_sent_and_recorded_first);
+async fn mail_in_hand_when_the_server_stops_is_sent_and_recorded_first(backend: Backend) {
+    let mut app = spawn_app(backend).await;
+    let sign_ups = (0..60).map(|i| {
+        let mut client = app.reset.clone();
+        async move {
+            client
+                .sign_up(rekey::grpc::pb::SignUpRequest {
+                    email: format!("stopping{i}@example.com"),
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+        }
+    });
+    for signed_up in futures::future::join_all(sign_ups).await {
+        signed_up.unwrap();
+    }
+    // Stop while the worker holds jobs: as soon as the first mail is out.
+    eventually("a first mail", || async {
+        (!app.mailbox.all().is_empty()).then_some(())
+    })
+    .await;
+    app.stop().await.unwrap();
+
+    let mailed: Vec<String> = app
+        .mailbox
+        .all()
+        .iter()
+        .flat_map(|mail| mail.to.clone())
+        .collect();
+    for job in jobs(&app).await {
+        let was_mailed = mailed.iter().filter(|to| **to == job.recipient).count();
+        match job.status {
+            MailStatus::Sent => assert_eq!(was_mailed, 1, "job {} sent once", job.id),
+            MailStatus::Pending => {
+                assert_eq!(job.locked_until, None, "job {} left claimed", job.id);
+                assert_eq!(was_mailed, 0, "job {} mailed but not recorded", job.id);
+            }
+            other => panic!("job {} ended {other:?}", job.id),
+        }
+    }
+}
+
+flow_test!(mail_that_waited_past_its_lease_for_a_send_slot_is_put_back_not_sent_twice);
+async fn mail_that_waited_past_its_lease_for_a_send_slot_is_put_back_not_sent_twice(
+    backend: Backend,
+) {
+    // Two sends at once; a send may take 10 s and the lease covers three
+    // rounds of them, so six jobs are held.
+    let app = spawn_app_with(backend, |figment| {
+        figment
+            .merge(("mail_batch_size", 1))
+            .merge(("mail_send_concurrency", 1))
+            .merge(("smtp_timeout", "5s"))
+            .merge(("mail_lease", "30s"))
+    })
+    .await;
+    app.mailbox.delay_each_message(Duration::from_millis(1500));
+    let sign_ups = (0..6).map(|i| {
+        let mut client = app.reset.clone();
+        async move {
+            client
+                .sign_up(rekey::grpc::pb::SignUpRequest {
+                    email: format!("slow{i}@example.com"),
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+        }
+    });
+    for signed_up in futures::future::join_all(sign_ups).await {
+        signed_up.unwrap();
+    }
+    eventually("all six jobs claimed", || async {
+        let claimed = jobs(&app)
+            .await
+            .iter()
+            .filter(|job| job.locked_until.is_some())
+            .count();
+        (claimed == 6).then_some(())
+    })
+    .await;
+    // Two sends are under way; the four waiting jobs' leases would now
+    // lapse before a send could end.
+    app.clock.advance(Duration::from_secs(25));
+
+    let jobs = skip_ahead_until(&app, "every job sent", |jobs| {
+        jobs.iter().all(|job| job.status == MailStatus::Sent)
+    })
+    .await;
+    for job in &jobs {
+        assert_eq!(
+            app.mailbox.to(&job.recipient).len(),
+            1,
+            "{} mailed once",
+            job.recipient
+        );
+        assert_eq!(job.attempts, 1, "a put-back costs no attempt");
+    }
+    assert!(captured_logs().contains("put back untried"));
+}
