@@ -165,10 +165,8 @@ fn mail_worker(raw: &RawSettings) -> Result<WorkerOptions, ConfigError> {
     if raw.mail_backoff_max < Duration::from_secs(1) {
         return Err(invalid("REKEY_MAIL_BACKOFF_MAX", "must be at least 1s"));
     }
-    // A worker holds `mail_batch_size` jobs per claim loop and sends
-    // `mail_send_concurrency` per loop at a time, each send within the
-    // transport's bound: the last job claimed waits this many rounds at
-    // most, and the lease must outlast them.
+    // A batch is sent `mail_send_concurrency` at a time, each send within
+    // the transport's bound; the lease must outlast the whole batch.
     let rounds = raw
         .mail_batch_size
         .div_ceil(u64::try_from(raw.mail_send_concurrency).unwrap_or(u64::MAX));
@@ -188,7 +186,6 @@ fn mail_worker(raw: &RawSettings) -> Result<WorkerOptions, ConfigError> {
         batch_size: raw.mail_batch_size,
         lease: raw.mail_lease,
         send_concurrency: raw.mail_send_concurrency,
-        send_bound: smtp_send_bound(raw.smtp_timeout),
     })
 }
 

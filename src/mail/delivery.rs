@@ -9,8 +9,9 @@ use std::{
     time::Duration,
 };
 
+use futures::StreamExt;
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
-use tracing::Span;
+use tracing::{Instrument, Span};
 
 use super::{
     mailer::{MailError, Mailer},
@@ -122,9 +123,6 @@ pub struct Delivery {
     clock: Arc<dyn Clock>,
 }
 
-/// A job ready to send, or already decided.
-pub struct Planned(Plan);
-
 /// What a job needs once the batch's reads are done.
 enum Plan {
     /// Decided without sending.
@@ -185,11 +183,15 @@ impl Delivery {
         self.mailer.transport.describe()
     }
 
-    /// Prepares the jobs of one claim for sending. The database work is
-    /// done for the whole claim: one read of accounts and earlier requests,
-    /// one write opening requests and storing token digests. A job decided
-    /// without sending (skipped, failed, lease lost) carries its outcome.
-    pub async fn prepare(&self, jobs: Vec<Claimed>) -> Vec<(Claimed, Planned)> {
+    /// Delivers the jobs of one claim, `concurrency` sends at once. The
+    /// database work is done for the whole batch: one read of accounts and
+    /// earlier requests, one write opening requests and storing token
+    /// digests. Returns each job with how it went.
+    pub async fn deliver_all(
+        &self,
+        jobs: Vec<Claimed>,
+        concurrency: usize,
+    ) -> Vec<(Claimed, Result<Outcome, DeliveryError>)> {
         let reads = match self.read_for(&jobs).await {
             Ok(reads) => reads,
             Err(failure) => {
@@ -197,7 +199,7 @@ impl Delivery {
                     .into_iter()
                     .map(|claimed| {
                         let error = DeliveryError::Store(failure.duplicate());
-                        (claimed, Planned(Plan::Done(Err(error))))
+                        (claimed, Err(error))
                     })
                     .collect();
             }
@@ -210,10 +212,29 @@ impl Delivery {
             })
             .collect();
         self.open_requests(&mut plans).await;
-        plans
-            .into_iter()
-            .map(|(claimed, plan)| (claimed, Planned(plan)))
+        // Each send is a task of its own, so that rendering and the SMTP
+        // conversations of a batch run on every runtime thread.
+        futures::stream::iter(plans)
+            .map(|(claimed, plan)| {
+                let delivery = self.clone();
+                let span = claimed.span.clone();
+                tokio::spawn(
+                    async move {
+                        let result = delivery.send(plan).await;
+                        (claimed, result)
+                    }
+                    .instrument(span),
+                )
+            })
+            .buffer_unordered(concurrency.max(1))
+            .filter_map(|sent| async move {
+                // A send that panicked has no outcome; its lease brings the
+                // job back.
+                sent.inspect_err(|error| tracing::error!(%error, "a mail send task failed"))
+                    .ok()
+            })
             .collect()
+            .await
     }
 
     /// Reads the accounts of the recipients and the requests earlier
@@ -483,9 +504,8 @@ impl Delivery {
             .await
     }
 
-    /// Renders and sends one prepared mail, or returns the outcome it was
-    /// prepared with.
-    pub async fn send(&self, Planned(plan): Planned) -> Result<Outcome, DeliveryError> {
+    /// Renders and sends one planned mail.
+    async fn send(&self, plan: Plan) -> Result<Outcome, DeliveryError> {
         let now = self.clock.now_millis();
         match plan {
             Plan::Done(result) => result,

@@ -7,7 +7,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    panic::AssertUnwindSafe,
     sync::{
         Arc,
         atomic::{AtomicI64, Ordering},
@@ -15,9 +14,8 @@ use std::{
     time::Duration,
 };
 
-use futures::FutureExt;
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -41,20 +39,10 @@ use crate::{
     telemetry::{metrics::Metrics, traces},
 };
 
-/// Claim loops, and how many batches' worth of jobs a worker holds at once:
-/// it holds up to `batch_size` × this many claimed jobs and sends up to
-/// `send_concurrency` × this many at a time. While sends wait on the relay,
-/// the next jobs are claimed and their requests written.
+/// Batches claimed and processed at once, each sending up to
+/// `send_concurrency` mails at a time: while one batch waits on the relay,
+/// the next is claimed and its requests written.
 pub const BATCHES_IN_FLIGHT: usize = 2;
-
-/// Batches' worth of claimed jobs a worker holds at most: while some are
-/// sent, the rest are claimed and prepared, so the sends do not wait on
-/// the database. A job that waited for a send slot so long that its lease
-/// could lapse during its send is put back untried instead of sent.
-const BATCHES_IN_HAND: usize = 3 * BATCHES_IN_FLIGHT;
-
-/// A bound on the jobs in hand whatever the batch size says.
-const MAX_JOBS_IN_HAND: usize = 1 << 16;
 
 /// The rate-limit key of the deployment-wide mail cap.
 const GLOBAL_MAIL_KEY: &str = "mail:global";
@@ -77,9 +65,6 @@ pub struct WorkerOptions {
     pub send_concurrency: usize,
     /// Mails per period for the whole deployment; past it mail waits.
     pub global_limit: Option<RateLimit>,
-    /// The longest one send may take: a job is sent only while its lease
-    /// outlasts it.
-    pub send_bound: Duration,
 }
 
 impl WorkerOptions {
@@ -87,38 +72,6 @@ impl WorkerOptions {
     /// dead letter: the shortest and the longest sum of the delays.
     pub fn retry_span(&self) -> (Duration, Duration) {
         backoff::retry_span(self.max_attempts, self.backoff_max)
-    }
-
-    /// Jobs claimed and not yet handed to the recorder, at most: up to
-    /// `BATCHES_IN_HAND` batches, as many as the lease lets wait their turn
-    /// to send (one round of sends per send bound), and never fewer than a
-    /// batch per claim loop (the configuration ensures the lease covers
-    /// those).
-    pub fn jobs_in_hand(&self) -> usize {
-        let batch = usize::try_from(self.batch_size).unwrap_or(usize::MAX);
-        let rounds = self.lease.as_millis() / self.send_bound.as_millis().max(1);
-        let covered_by_lease = self
-            .sends_at_once()
-            .saturating_mul(usize::try_from(rounds).unwrap_or(usize::MAX));
-        batch
-            .saturating_mul(BATCHES_IN_HAND)
-            .min(covered_by_lease)
-            .max(batch.saturating_mul(BATCHES_IN_FLIGHT))
-            .min(MAX_JOBS_IN_HAND)
-    }
-
-    /// Mails sent at a time, at most.
-    pub fn sends_at_once(&self) -> usize {
-        self.send_concurrency
-            .saturating_mul(BATCHES_IN_FLIGHT)
-            .min(Semaphore::MAX_PERMITS)
-    }
-
-    /// Jobs one claim takes, at most.
-    fn claim_size(&self) -> usize {
-        usize::try_from(self.batch_size)
-            .unwrap_or(usize::MAX)
-            .min(self.jobs_in_hand())
     }
 }
 
@@ -164,7 +117,7 @@ impl MailWorker {
         self
     }
 
-    /// Runs until `shutdown`; the jobs in hand are sent and recorded first.
+    /// Runs until `shutdown`; a batch in progress is finished first.
     pub async fn run(self, shutdown: CancellationToken) {
         let (shortest, longest) = self.options.retry_span();
         tracing::info!(
@@ -177,67 +130,38 @@ impl MailWorker {
             ),
             "mail worker started"
         );
-        let held = self.options.jobs_in_hand();
-        let (outcomes, delivered) = mpsc::channel(held);
-        let pipeline = Pipeline {
-            in_hand: Arc::new(Semaphore::new(held)),
-            sending: Arc::new(Semaphore::new(self.options.sends_at_once())),
-            outcomes,
-        };
-        let recorder = tokio::spawn(self.clone().record_loop(delivered));
         let loops = (0..BATCHES_IN_FLIGHT).map(|_| {
             let worker = self.clone();
             let shutdown = shutdown.clone();
-            let pipeline = pipeline.clone();
-            tokio::spawn(async move { worker.claim_loop(&shutdown, &pipeline).await })
+            tokio::spawn(async move { worker.claim_loop(&shutdown).await })
         });
         for stopped in futures::future::join_all(loops).await {
             if let Err(error) = stopped {
                 tracing::error!(%error, "a mail claim loop failed");
             }
         }
-        // The recorder stops once every send still running has handed over
-        // its outcome.
-        drop(pipeline);
-        if let Err(error) = recorder.await {
-            tracing::error!(%error, "the mail outcome recorder failed");
-        }
         tracing::info!("mail worker stopped");
     }
 
-    /// Claims batches while there is room in hand and hands each job to a
-    /// send of its own, waiting when nothing is due. It does not wait for
-    /// the sends: the next batch is claimed and prepared while they run.
-    async fn claim_loop(&self, shutdown: &CancellationToken, pipeline: &Pipeline) {
-        let batch = self.options.claim_size();
+    /// Claims and processes batches until `shutdown`, waiting when there
+    /// is nothing due.
+    async fn claim_loop(&self, shutdown: &CancellationToken) {
         loop {
-            let slots = tokio::select! {
-                () = shutdown.cancelled() => break,
-                slots = pipeline.room_for(batch) => slots,
-            };
-            let Some(mut slots) = slots else { break };
-            let claimed = match self.claim(slots.num_permits()).await {
+            let claimed = match self.run_once().await {
                 Ok(claimed) => claimed,
                 Err(error) => {
                     tracing::warn!(
                         error = format!("{:#}", anyhow::Error::new(error)),
                         "mail worker could not claim jobs"
                     );
-                    Vec::new()
+                    0
                 }
             };
-            if !claimed.is_empty() {
-                let held = slots.split(claimed.len());
-                drop(slots);
-                self.dispatch(claimed, held, pipeline).await;
-                if shutdown.is_cancelled() {
-                    break;
-                }
-                continue;
-            }
-            drop(slots);
             if shutdown.is_cancelled() {
                 break;
+            }
+            if claimed > 0 {
+                continue;
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -248,9 +172,9 @@ impl MailWorker {
     }
 
     /// Buries the jobs out of attempts (at most once per poll interval),
-    /// then claims up to `limit` due jobs and keeps those the global mail
-    /// limit lets go now.
-    async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, StoreFailure> {
+    /// then claims one batch of due jobs and processes it. Returns how many
+    /// were claimed.
+    pub async fn run_once(&self) -> Result<usize, StoreFailure> {
         let now = self.clock.now_millis();
         let max_attempts = self.options.max_attempts;
         let last_burial = self.last_burial.load(Ordering::Relaxed);
@@ -279,7 +203,7 @@ impl MailWorker {
             }
         }
         let lease_until = now.saturating_add(duration_millis(self.options.lease));
-        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+        let batch = self.options.batch_size;
         // Through the group commit, like every other write: on SQLite a
         // claim of its own would wait on the writer's lock.
         let jobs = self
@@ -287,7 +211,7 @@ impl MailWorker {
             .write(
                 move |tx: &DatabaseTransaction| -> WorkFuture<'_, Vec<MailJob>, StoreFailure> {
                     Box::pin(async move {
-                        let jobs = outbox::claim_due(tx, now, lease_until, limit, max_attempts)
+                        let jobs = outbox::claim_due(tx, now, lease_until, batch, max_attempts)
                             .await
                             .context("claiming due mail")?;
                         Ok(Decision::Keep(jobs))
@@ -295,98 +219,23 @@ impl MailWorker {
                 },
             )
             .await?;
-        let mut admitted = Vec::with_capacity(jobs.len());
+        let claimed = jobs.len();
+        if claimed == 0 {
+            return Ok(0);
+        }
+        let mut admitted = Vec::with_capacity(claimed);
         for job in jobs {
             let span = job_span(&job);
             if self.admit(&job).instrument(span.clone()).await {
                 admitted.push(Claimed { job, span });
             }
         }
-        Ok(admitted)
-    }
-
-    /// Prepares a claimed batch and starts a send for each job; each send
-    /// waits for a sending slot, hands its outcome to the recorder and
-    /// then gives back its slot in hand.
-    async fn dispatch(&self, claimed: Vec<Claimed>, mut held: Slots, pipeline: &Pipeline) {
-        for (claimed, planned) in self.delivery.prepare(claimed).await {
-            let slot = held.as_mut().and_then(|held| held.split(1));
-            let worker = self.clone();
-            let pipeline = pipeline.clone();
-            let span = claimed.span.clone();
-            tokio::spawn(
-                async move {
-                    // A job that had to wait for a slot is sent only while
-                    // its lease still outlasts the send.
-                    let (sending, waited) = match pipeline.sending.try_acquire() {
-                        Ok(sending) => (Some(sending), false),
-                        Err(_) => (pipeline.sending.acquire().await.ok(), true),
-                    };
-                    if waited && !worker.lease_outlasts_a_send(&claimed.job) {
-                        drop(sending);
-                        worker.put_back(&claimed.job).await;
-                        drop(slot);
-                        return;
-                    }
-                    let sent = AssertUnwindSafe(worker.delivery.send(planned))
-                        .catch_unwind()
-                        .await;
-                    drop(sending);
-                    match sent {
-                        Ok(result) => {
-                            // Closed only once the worker stopped; the lease
-                            // brings the job back.
-                            let _ = pipeline.outcomes.send((claimed, result)).await;
-                        }
-                        // No outcome: the lease brings the job back.
-                        Err(_) => tracing::error!("a mail send panicked"),
-                    }
-                    drop(slot);
-                }
-                .instrument(span),
-            );
-        }
-    }
-
-    /// Whether `job`'s lease lasts until a send started now must end.
-    fn lease_outlasts_a_send(&self, job: &MailJob) -> bool {
-        let send_ends = self
-            .clock
-            .now_millis()
-            .saturating_add(duration_millis(self.options.send_bound));
-        job.locked_until.is_some_and(|until| until >= send_ends)
-    }
-
-    /// Puts a job back untried and due now: it waited so long for a send
-    /// slot (slow relay) that its lease could lapse during the send, and
-    /// another worker would send it again.
-    async fn put_back(&self, job: &MailJob) {
-        tracing::warn!("mail waited too long for a send slot; put back untried");
-        let now = self.clock.now_millis();
-        match outbox::postpone(&self.db, job, now)
-            .await
-            .context("putting the job back")
-        {
-            Ok(true) => {}
-            Ok(false) => lease_lost(),
-            Err(error) => tracing::warn!(
-                error = format!("{:#}", anyhow::Error::new(error)),
-                "the lease will bring the job back"
-            ),
-        }
-    }
-
-    /// Records outcomes as sends hand them over, as many at once as have
-    /// arrived, until every sender is gone.
-    async fn record_loop(self, mut delivered: mpsc::Receiver<Delivered>) {
-        let mut outcomes = Vec::new();
-        while delivered
-            .recv_many(&mut outcomes, self.options.jobs_in_hand())
-            .await
-            > 0
-        {
-            self.record_all(std::mem::take(&mut outcomes)).await;
-        }
+        let delivered = self
+            .delivery
+            .deliver_all(admitted, self.options.send_concurrency)
+            .await;
+        self.record_all(delivered).await;
+        Ok(claimed)
     }
 
     /// Sleep until the next retry is due, at most one poll interval.
@@ -472,7 +321,7 @@ impl MailWorker {
     /// Records how each job of a batch went: the sent and skipped ones in
     /// one group-committed write (with the sent ones' audit events), each
     /// failure on its own.
-    async fn record_all(&self, delivered: Vec<Delivered>) {
+    async fn record_all(&self, delivered: Vec<(Claimed, Result<Outcome, DeliveryError>)>) {
         let now = self.clock.now_millis();
         let mut finished = Vec::new();
         let mut failed = Vec::new();
@@ -634,42 +483,6 @@ fn job_span(job: &MailJob) -> tracing::Span {
     span
 }
 
-/// A job and how its delivery went.
-type Delivered = (Claimed, Result<Outcome, DeliveryError>);
-
-/// Slots in hand for the jobs of one claim, one given back per job.
-type Slots = Option<OwnedSemaphorePermit>;
-
-/// What the claim loops share.
-#[derive(Clone)]
-struct Pipeline {
-    /// Jobs claimed and not yet handed to the recorder.
-    in_hand: Arc<Semaphore>,
-    /// Sends running.
-    sending: Arc<Semaphore>,
-    outcomes: mpsc::Sender<Delivered>,
-}
-
-impl Pipeline {
-    /// Waits until at least half a claim's worth of jobs fits in hand,
-    /// then takes all the room there is, up to `claim`. `None` once the
-    /// slots are closed.
-    async fn room_for(&self, claim: usize) -> Option<OwnedSemaphorePermit> {
-        let first = u32::try_from(claim.div_ceil(2)).unwrap_or(u32::MAX);
-        let mut slots = self.in_hand.clone().acquire_many_owned(first).await.ok()?;
-        let more = claim.saturating_sub(slots.num_permits());
-        let available = self.in_hand.available_permits().min(more);
-        if let Ok(extra) = self
-            .in_hand
-            .clone()
-            .try_acquire_many_owned(u32::try_from(available).unwrap_or(0))
-        {
-            slots.merge(extra);
-        }
-        Some(slots)
-    }
-}
-
 /// A job that ended without failing: sent, or skipped.
 struct Finished {
     claimed: Claimed,
@@ -771,29 +584,6 @@ fn whole_seconds(duration: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn options(batch_size: u64, send_concurrency: usize, lease_secs: u64) -> WorkerOptions {
-        WorkerOptions {
-            poll_interval: Duration::from_secs(5),
-            max_attempts: 12,
-            backoff_max: Duration::from_secs(900),
-            batch_size,
-            lease: Duration::from_secs(lease_secs),
-            send_concurrency,
-            global_limit: None,
-            send_bound: Duration::from_secs(60),
-        }
-    }
-
-    #[test]
-    fn jobs_in_hand_are_as_many_as_the_lease_lets_wait_their_turn() {
-        // 64 sends at once; the lease covers five rounds of slow sends.
-        assert_eq!(options(64, 32, 300).jobs_in_hand(), 320);
-        // A long lease: the batches in hand bound it.
-        assert_eq!(options(64, 32, 3600).jobs_in_hand(), 64 * BATCHES_IN_HAND);
-        // A lease of one round: a batch per claim loop still fits.
-        assert_eq!(options(64, 64, 60).jobs_in_hand(), 64 * BATCHES_IN_FLIGHT);
-    }
 
     #[test]
     fn addresses_in_relay_errors_are_masked_in_any_case() {

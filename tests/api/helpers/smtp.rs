@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
 };
 
@@ -88,7 +88,6 @@ pub struct SmtpSink {
     received: Arc<Mutex<Vec<ReceivedMail>>>,
     refuse_next: Arc<AtomicUsize>,
     unknown_mailboxes: Arc<Mutex<Vec<String>>>,
-    data_delay_ms: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -96,7 +95,6 @@ struct SinkHandler {
     received: Arc<Mutex<Vec<ReceivedMail>>>,
     refuse_next: Arc<AtomicUsize>,
     unknown_mailboxes: Arc<Mutex<Vec<String>>>,
-    data_delay_ms: Arc<AtomicU64>,
     from: String,
     to: Vec<String>,
     data: Vec<u8>,
@@ -142,8 +140,6 @@ impl Handler for SinkHandler {
     }
 
     fn data_end(&mut self) -> Response {
-        let delay = self.data_delay_ms.load(Ordering::SeqCst);
-        std::thread::sleep(std::time::Duration::from_millis(delay));
         self.received.lock().unwrap().push(ReceivedMail {
             from: self.from.clone(),
             to: self.to.clone(),
@@ -160,12 +156,10 @@ impl SmtpSink {
         let received = Arc::new(Mutex::new(Vec::new()));
         let refuse_next = Arc::new(AtomicUsize::new(0));
         let unknown_mailboxes = Arc::new(Mutex::new(Vec::new()));
-        let data_delay_ms = Arc::new(AtomicU64::new(0));
         let handler = SinkHandler {
             received: received.clone(),
             refuse_next: refuse_next.clone(),
             unknown_mailboxes: unknown_mailboxes.clone(),
-            data_delay_ms: data_delay_ms.clone(),
             from: String::new(),
             to: Vec::new(),
             data: Vec::new(),
@@ -184,14 +178,7 @@ impl SmtpSink {
             received,
             refuse_next,
             unknown_mailboxes,
-            data_delay_ms,
         }
-    }
-
-    /// Makes every message take `delay` to be accepted, like a slow relay.
-    pub fn delay_each_message(&self, delay: std::time::Duration) {
-        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        self.data_delay_ms.store(millis, Ordering::SeqCst);
     }
 
     /// Makes the next `count` messages fail at MAIL FROM with "451 local error".
