@@ -403,21 +403,8 @@ fn the_smtp_password_file_is_read_and_never_printed() {
 flow_test!(mail_in_hand_when_the_server_stops_is_sent_and_recorded_first);
 async fn mail_in_hand_when_the_server_stops_is_sent_and_recorded_first(backend: Backend) {
     let mut app = spawn_app(backend).await;
-    let sign_ups = (0..60).map(|i| {
-        let mut client = app.reset.clone();
-        async move {
-            client
-                .sign_up(rekey::grpc::pb::SignUpRequest {
-                    email: format!("stopping{i}@example.com"),
-                    ..Default::default()
-                })
-                .await
-                .map(drop)
-        }
-    });
-    for signed_up in futures::future::join_all(sign_ups).await {
-        signed_up.unwrap();
-    }
+    app.sign_up_at_once((0..60).map(|i| (format!("stopping{i}@example.com"), String::new())))
+        .await;
     // Stop while the worker holds jobs: as soon as the first mail is out.
     eventually("a first mail", || async {
         (!app.mailbox.all().is_empty()).then_some(())

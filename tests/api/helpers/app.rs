@@ -194,6 +194,26 @@ impl TestApp {
             .map(drop)
     }
 
+    /// Signs up every `(email, display name)` at once, each call on its own
+    /// clone of the client; every call must succeed.
+    pub async fn sign_up_at_once(&self, sign_ups: impl IntoIterator<Item = (String, String)>) {
+        let calls = sign_ups.into_iter().map(|(email, display_name)| {
+            let mut reset = self.reset.clone();
+            async move {
+                reset
+                    .sign_up(pb::SignUpRequest {
+                        email,
+                        display_name,
+                        ..Default::default()
+                    })
+                    .await
+            }
+        });
+        for result in futures::future::join_all(calls).await {
+            result.unwrap();
+        }
+    }
+
     pub async fn request_reset(&mut self, email: &str) -> Result<(), tonic::Status> {
         self.reset
             .request_reset(pb::RequestResetRequest {
