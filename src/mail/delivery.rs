@@ -387,7 +387,10 @@ impl Delivery {
                 let purpose = opened.purpose;
                 let lifetime = duration_millis(self.lifetimes.of(purpose));
                 let request = Request {
-                    id: uuid::Uuid::new_v4().to_string(),
+                    // Time-ordered: a new request's id (and its tokens'
+                    // `request_id`) lands at the end of its index, not on
+                    // a random page, so each mail writes fewer pages.
+                    id: uuid::Uuid::now_v7().to_string(),
                     purpose,
                     email: email.as_str().to_owned(),
                     account_id: opened.account_id.map(str::to_owned),

@@ -9,7 +9,8 @@
 use sea_orm::{
     ActiveValue::NotSet,
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, UpdateMany,
+    ColumnTrait, ConnectionTrait, EntityTrait, IdenStatic, QueryFilter, QueryOrder, QueryTrait,
+    UpdateMany,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType, Order, Query},
 };
 use serde::{Deserialize, Serialize};
@@ -189,17 +190,15 @@ pub async fn set_requests(
         request = request.case(Column::Id.eq(*id), Expr::value(*request_id));
         kind = kind.case(Column::Id.eq(*id), Expr::value(*mail_kind));
     }
-    let linked = Entity::update_many()
+    let link = Entity::update_many()
         .col_expr(
             Column::RequestId,
             request.finally(Expr::col(Column::RequestId)).into(),
         )
         .col_expr(Column::Kind, kind.finally(Expr::col(Column::Kind)).into())
         .filter(Column::Id.is_in(links.iter().map(|(id, ..)| *id)))
-        .filter(Column::LeaseToken.eq(lease_token))
-        .exec_with_returning(db)
-        .await?;
-    Ok(linked.into_iter().map(|job| job.id).collect())
+        .filter(Column::LeaseToken.eq(lease_token));
+    ids_written(db, link).await
 }
 
 /// Ends claimed jobs of one claim as `status` and `kind`, in one statement
@@ -223,10 +222,24 @@ pub async fn finish_many(
         .col_expr(Column::LastError, Expr::value(Option::<String>::None));
     let finished = without_lease(finished)
         .filter(Column::Id.is_in(ids.iter().copied()))
-        .filter(Column::LeaseToken.eq(lease_token))
-        .exec_with_returning(db)
-        .await?;
-    Ok(finished.into_iter().map(|job| job.id).collect())
+        .filter(Column::LeaseToken.eq(lease_token));
+    ids_written(db, finished).await
+}
+
+/// Runs `update` and returns the ids of the rows it wrote. `RETURNING id`
+/// only: reading back and decoding whole rows (payloads included) cost the
+/// mail worker's batch writes more than the updates themselves.
+async fn ids_written(
+    db: &impl ConnectionTrait,
+    update: UpdateMany<Entity>,
+) -> Result<Vec<i64>, StoreError> {
+    let mut statement = update.into_query();
+    statement.returning_col(Column::Id);
+    let rows = db.query_all(&statement).await?;
+    Ok(rows
+        .iter()
+        .map(|row| row.try_get::<i64>("", Column::Id.as_str()))
+        .collect::<Result<_, _>>()?)
 }
 
 /// Schedules another attempt of a claimed job.
