@@ -226,9 +226,9 @@ pub async fn finish_many(
     ids_written(db, finished).await
 }
 
-/// Runs `update` and returns the ids of the rows it wrote. `RETURNING id`
-/// only: reading back and decoding whole rows (payloads included) cost the
-/// mail worker's batch writes more than the updates themselves.
+/// Runs `update` and returns the ids of the rows it wrote: `RETURNING id`,
+/// as the callers need nothing else, rather than whole rows (payloads
+/// included) read back and decoded on the writer's lane.
 async fn ids_written(
     db: &impl ConnectionTrait,
     update: UpdateMany<Entity>,
