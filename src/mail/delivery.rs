@@ -387,10 +387,7 @@ impl Delivery {
                 let purpose = opened.purpose;
                 let lifetime = duration_millis(self.lifetimes.of(purpose));
                 let request = Request {
-                    // Time-ordered: a new request's id (and its tokens'
-                    // `request_id`) lands at the end of its index, not on
-                    // a random page, so each mail writes fewer pages.
-                    id: uuid::Uuid::now_v7().to_string(),
+                    id: new_request_id(),
                     purpose,
                     email: email.as_str().to_owned(),
                     account_id: opened.account_id.map(str::to_owned),
@@ -675,6 +672,13 @@ fn link_kind(queued: MailKind, purpose: Purpose) -> MailKind {
     }
 }
 
+/// A new request's id, time-ordered (UUIDv7): it and its tokens'
+/// `request_id` land at the end of their indexes, not on random pages, so
+/// each mail writes fewer pages.
+fn new_request_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 /// Names the mail in the worker's span for the job.
 fn record_kind(template: TemplateKind) {
     tracing::Span::current().record("kind", tracing::field::display(template.name()));
@@ -707,6 +711,15 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_sort_in_the_order_they_were_made() {
+        let ids: Vec<String> = (0..1000).map(|_| new_request_id()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+        assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
+    }
 
     #[test]
     fn only_failures_that_cannot_heal_are_permanent() {
