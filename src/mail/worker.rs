@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use sea_orm::{DatabaseConnection, DatabaseTransaction};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -144,11 +144,17 @@ impl MailWorker {
     }
 
     /// Claims and processes batches until `shutdown`, waiting when there
-    /// is nothing due.
+    /// is nothing due. Each batch's outcome write also claims the next
+    /// batch (one commit for both); after `shutdown` it claims nothing, and
+    /// a batch it had claimed is still processed.
     async fn claim_loop(&self, shutdown: &CancellationToken) {
+        let mut ahead = Vec::new();
         loop {
-            let claimed = match self.run_once().await {
-                Ok(claimed) => claimed,
+            let claimed = match self.run_once(std::mem::take(&mut ahead), shutdown).await {
+                Ok((claimed, next)) => {
+                    ahead = next;
+                    claimed
+                }
                 Err(error) => {
                     tracing::warn!(
                         error = format!("{:#}", anyhow::Error::new(error)),
@@ -157,6 +163,9 @@ impl MailWorker {
                     0
                 }
             };
+            if !ahead.is_empty() {
+                continue;
+            }
             if shutdown.is_cancelled() {
                 break;
             }
@@ -171,57 +180,22 @@ impl MailWorker {
         }
     }
 
-    /// Buries the jobs out of attempts (at most once per poll interval),
-    /// then claims one batch of due jobs and processes it. Returns how many
-    /// were claimed.
-    pub async fn run_once(&self) -> Result<usize, StoreFailure> {
-        let now = self.clock.now_millis();
-        let max_attempts = self.options.max_attempts;
-        let last_burial = self.last_burial.load(Ordering::Relaxed);
-        let burial_due = last_burial.saturating_add(duration_millis(self.options.poll_interval));
-        if now >= burial_due || now < last_burial {
-            self.last_burial.store(now, Ordering::Relaxed);
-            let buried = self
-                .writes
-                .write(
-                    move |tx: &DatabaseTransaction| -> WorkFuture<'_, u64, StoreFailure> {
-                        Box::pin(async move {
-                            let buried = outbox::bury_exhausted(tx, now, max_attempts)
-                                .await
-                                .context("burying mail out of attempts")?;
-                            Ok(Decision::Keep(buried))
-                        })
-                    },
-                )
-                .await?;
-            if buried > 0 {
-                tracing::error!(
-                    jobs = buried,
-                    max_attempts,
-                    "mail out of attempts with no outcome recorded; dead letters"
-                );
-            }
-        }
-        let lease_until = now.saturating_add(duration_millis(self.options.lease));
-        let batch = self.options.batch_size;
-        // Through the group commit, like every other write: on SQLite a
-        // claim of its own would wait on the writer's lock.
-        let jobs = self
-            .writes
-            .write(
-                move |tx: &DatabaseTransaction| -> WorkFuture<'_, Vec<MailJob>, StoreFailure> {
-                    Box::pin(async move {
-                        let jobs = outbox::claim_due(tx, now, lease_until, batch, max_attempts)
-                            .await
-                            .context("claiming due mail")?;
-                        Ok(Decision::Keep(jobs))
-                    })
-                },
-            )
-            .await?;
+    /// Processes one batch: `ahead` when the last outcome write claimed
+    /// it, else one claimed now. Returns how many jobs it processed and the
+    /// batch its outcome write claimed (none once `shutdown`).
+    async fn run_once(
+        &self,
+        ahead: Vec<MailJob>,
+        shutdown: &CancellationToken,
+    ) -> Result<(usize, Vec<MailJob>), StoreFailure> {
+        let jobs = if ahead.is_empty() {
+            self.claim().await?
+        } else {
+            ahead
+        };
         let claimed = jobs.len();
         if claimed == 0 {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         }
         let mut admitted = Vec::with_capacity(claimed);
         for job in jobs {
@@ -234,8 +208,44 @@ impl MailWorker {
             .delivery
             .deliver_all(admitted, self.options.send_concurrency)
             .await;
-        self.record_all(delivered).await;
-        Ok(claimed)
+        let next = self.record_all(delivered, shutdown).await;
+        Ok((claimed, next))
+    }
+
+    /// Claims due jobs in a write of their own, through the group commit
+    /// like every other write: on SQLite a transaction of its own would
+    /// wait on the writer's lock.
+    async fn claim(&self) -> Result<Vec<MailJob>, StoreFailure> {
+        let order = self.next_claim();
+        let (jobs, buried) = self
+            .writes
+            .write(
+                move |tx: &DatabaseTransaction| -> WorkFuture<'_, (Vec<MailJob>, u64), StoreFailure> {
+                    Box::pin(async move { claim_in(tx, order).await.map(Decision::Keep) })
+                },
+            )
+            .await?;
+        report_buried(buried, order.max_attempts);
+        Ok(jobs)
+    }
+
+    /// The next claim, as of now: it also buries the jobs out of attempts,
+    /// at most once per poll interval.
+    fn next_claim(&self) -> ClaimOrder {
+        let now = self.clock.now_millis();
+        let last_burial = self.last_burial.load(Ordering::Relaxed);
+        let burial_due = last_burial.saturating_add(duration_millis(self.options.poll_interval));
+        let bury = now >= burial_due || now < last_burial;
+        if bury {
+            self.last_burial.store(now, Ordering::Relaxed);
+        }
+        ClaimOrder {
+            now,
+            lease_until: now.saturating_add(duration_millis(self.options.lease)),
+            batch: self.options.batch_size,
+            max_attempts: self.options.max_attempts,
+            bury,
+        }
     }
 
     /// Sleep until the next retry is due, at most one poll interval.
@@ -319,9 +329,14 @@ impl MailWorker {
     }
 
     /// Records how each job of a batch went: the sent and skipped ones in
-    /// one group-committed write (with the sent ones' audit events), each
-    /// failure on its own.
-    async fn record_all(&self, delivered: Vec<(Claimed, Result<Outcome, DeliveryError>)>) {
+    /// one group-committed write (with the sent ones' audit events), which
+    /// also claims the next batch unless `shutdown`; each failure on its
+    /// own. Returns the batch claimed.
+    async fn record_all(
+        &self,
+        delivered: Vec<(Claimed, Result<Outcome, DeliveryError>)>,
+        shutdown: &CancellationToken,
+    ) -> Vec<MailJob> {
         let now = self.clock.now_millis();
         let mut finished = Vec::new();
         let mut failed = Vec::new();
@@ -364,7 +379,8 @@ impl MailWorker {
                 }
             }
         }
-        self.record_finished(finished, now).await;
+        let claim_next = (!shutdown.is_cancelled()).then(|| self.next_claim());
+        let next = self.record_finished(finished, now, claim_next).await;
         let failures = failed.into_iter().map(|(claimed, error)| {
             let span = claimed.span.clone();
             async move {
@@ -379,14 +395,23 @@ impl MailWorker {
             .instrument(span)
         });
         futures::future::join_all(failures).await;
+        next
     }
 
     /// Marks finished jobs sent or skipped and audits the sent ones, in one
     /// group-committed write; nothing is written for a job whose lease was
-    /// lost (the new holder sends and audits).
-    async fn record_finished(&self, finished: Vec<Finished>, now: i64) {
+    /// lost (the new holder sends and audits). The same write makes
+    /// `claim_next`, if any, in a savepoint of its own: a claim that fails
+    /// claims nothing and the outcomes are still kept. Returns the jobs
+    /// claimed.
+    async fn record_finished(
+        &self,
+        finished: Vec<Finished>,
+        now: i64,
+        claim_next: Option<ClaimOrder>,
+    ) -> Vec<MailJob> {
         if finished.is_empty() {
-            return;
+            return Vec::new();
         }
         let rows: Vec<FinishedRow> = finished
             .iter()
@@ -407,13 +432,37 @@ impl MailWorker {
         let written = self
             .writes
             .write(
-                move |tx: &DatabaseTransaction| -> WorkFuture<'_, HashSet<i64>, StoreFailure> {
-                    Box::pin(
-                        async move { write_finished(tx, &rows, now).await.map(Decision::Keep) },
-                    )
+                move |tx: &DatabaseTransaction| -> WorkFuture<'_, (HashSet<i64>, Claim), StoreFailure> {
+                    Box::pin(async move {
+                        let written = write_finished(tx, &rows, now).await?;
+                        let claim = match claim_next {
+                            Some(order) => claim_beside(tx, order).await,
+                            None => Ok((Vec::new(), 0)),
+                        };
+                        Ok(Decision::Keep((written, claim)))
+                    })
                 },
             )
             .await;
+        let (written, next) = match written {
+            Ok((written, claim)) => (Ok(written), claim),
+            Err(error) => (Err(error), Ok((Vec::new(), 0))),
+        };
+        let next = match next {
+            Ok((jobs, buried)) => {
+                if let Some(order) = claim_next {
+                    report_buried(buried, order.max_attempts);
+                }
+                jobs
+            }
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::new(error)),
+                    "mail worker could not claim jobs"
+                );
+                Vec::new()
+            }
+        };
         for f in finished {
             let _entered = f.claimed.span.enter();
             match &written {
@@ -425,6 +474,7 @@ impl MailWorker {
                 ),
             }
         }
+        next
     }
 
     /// Schedules another attempt of a failed job, or buries it when the
@@ -466,6 +516,71 @@ impl MailWorker {
             lease_lost();
         }
         Ok(())
+    }
+}
+
+/// What a claim takes: due jobs, after burying those out of attempts
+/// when `bury`.
+#[derive(Debug, Clone, Copy)]
+struct ClaimOrder {
+    now: i64,
+    lease_until: i64,
+    batch: u64,
+    max_attempts: u32,
+    bury: bool,
+}
+
+/// The jobs a claim took and how many it buried.
+type Claim = Result<(Vec<MailJob>, u64), StoreFailure>;
+
+/// Buries (when the order says so) and claims, in `tx`.
+async fn claim_in(
+    tx: &DatabaseTransaction,
+    order: ClaimOrder,
+) -> Result<(Vec<MailJob>, u64), StoreFailure> {
+    let buried = if order.bury {
+        outbox::bury_exhausted(tx, order.now, order.max_attempts)
+            .await
+            .context("burying mail out of attempts")?
+    } else {
+        0
+    };
+    let jobs = outbox::claim_due(
+        tx,
+        order.now,
+        order.lease_until,
+        order.batch,
+        order.max_attempts,
+    )
+    .await
+    .context("claiming due mail")?;
+    Ok((jobs, buried))
+}
+
+/// [`claim_in`] a savepoint of `tx`, undone if it fails: the rest of the
+/// write is kept either way.
+async fn claim_beside(tx: &DatabaseTransaction, order: ClaimOrder) -> Claim {
+    let savepoint = tx.begin().await.context("starting a savepoint")?;
+    match claim_in(&savepoint, order).await {
+        Ok(claim) => {
+            savepoint.commit().await.context("releasing a savepoint")?;
+            Ok(claim)
+        }
+        Err(error) => {
+            savepoint.rollback().await.context("undoing a savepoint")?;
+            Err(error)
+        }
+    }
+}
+
+/// Logs the jobs a claim buried: out of attempts with no outcome recorded.
+fn report_buried(buried: u64, max_attempts: u32) {
+    if buried > 0 {
+        tracing::error!(
+            jobs = buried,
+            max_attempts,
+            "mail out of attempts with no outcome recorded; dead letters"
+        );
     }
 }
 
