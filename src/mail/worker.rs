@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use sea_orm::{DatabaseConnection, DatabaseTransaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -32,7 +32,7 @@ use crate::{
     store::{
         AuditKind, MailKind, MailStatus, StoreContext, StoreFailure,
         audit::{self, AuditEvent},
-        group_commit::{Decision, GroupCommit, WorkFuture},
+        group_commit::{Decision, GroupCommit, WorkFuture, in_savepoint},
         outbox::{self, MailJob},
         rate_limits::{self, Charge},
     },
@@ -432,36 +432,35 @@ impl MailWorker {
         let written = self
             .writes
             .write(
-                move |tx: &DatabaseTransaction| -> WorkFuture<'_, (HashSet<i64>, Claim), StoreFailure> {
+                move |tx: &DatabaseTransaction| -> WorkFuture<'_, (HashSet<i64>, Option<Claim>), StoreFailure> {
                     Box::pin(async move {
                         let written = write_finished(tx, &rows, now).await?;
                         let claim = match claim_next {
-                            Some(order) => claim_beside(tx, order).await,
-                            None => Ok((Vec::new(), 0)),
+                            Some(order) => Some(claim_beside(tx, order).await),
+                            None => None,
                         };
                         Ok(Decision::Keep((written, claim)))
                     })
                 },
             )
             .await;
-        let (written, next) = match written {
+        let (written, claim) = match written {
             Ok((written, claim)) => (Ok(written), claim),
-            Err(error) => (Err(error), Ok((Vec::new(), 0))),
+            Err(error) => (Err(error), None),
         };
-        let next = match next {
-            Ok((jobs, buried)) => {
-                if let Some(order) = claim_next {
-                    report_buried(buried, order.max_attempts);
-                }
+        let next = match claim {
+            Some(Ok((jobs, buried))) => {
+                report_buried(buried, self.options.max_attempts);
                 jobs
             }
-            Err(error) => {
+            Some(Err(error)) => {
                 tracing::warn!(
                     error = format!("{:#}", anyhow::Error::new(error)),
                     "mail worker could not claim jobs"
                 );
                 Vec::new()
             }
+            None => Vec::new(),
         };
         for f in finished {
             let _entered = f.claimed.span.enter();
@@ -560,17 +559,15 @@ async fn claim_in(
 /// [`claim_in`] a savepoint of `tx`, undone if it fails: the rest of the
 /// write is kept either way.
 async fn claim_beside(tx: &DatabaseTransaction, order: ClaimOrder) -> Claim {
-    let savepoint = tx.begin().await.context("starting a savepoint")?;
-    match claim_in(&savepoint, order).await {
-        Ok(claim) => {
-            savepoint.commit().await.context("releasing a savepoint")?;
-            Ok(claim)
-        }
-        Err(error) => {
-            savepoint.rollback().await.context("undoing a savepoint")?;
-            Err(error)
-        }
-    }
+    let (claimed, _kept) = in_savepoint(
+        tx,
+        move |savepoint: &DatabaseTransaction| -> WorkFuture<'_, _, StoreFailure> {
+            Box::pin(async move { claim_in(savepoint, order).await.map(Decision::Keep) })
+        },
+        || false,
+    )
+    .await?;
+    Ok(claimed)
 }
 
 /// Logs the jobs a claim buried: out of attempts with no outcome recorded.

@@ -267,8 +267,9 @@ fn no_answer() -> Answer {
     Box::new(|_: Result<(), &DbErr>| {})
 }
 
-/// Runs `work` in a savepoint; the flag says whether its writes were kept.
-async fn in_savepoint<T, E: From<StoreFailure>>(
+/// Runs `work` in a savepoint of `tx`, undone when `work` fails, discards
+/// its writes or is `abandoned`; the flag says whether its writes were kept.
+pub async fn in_savepoint<T, E: From<StoreFailure>>(
     tx: &DatabaseTransaction,
     work: impl for<'t> FnOnce(&'t DatabaseTransaction) -> WorkFuture<'t, T, E>,
     abandoned: impl Fn() -> bool,
