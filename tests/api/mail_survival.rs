@@ -402,7 +402,14 @@ fn the_smtp_password_file_is_read_and_never_printed() {
 
 flow_test!(mail_in_hand_when_the_server_stops_is_sent_and_recorded_first);
 async fn mail_in_hand_when_the_server_stops_is_sent_and_recorded_first(backend: Backend) {
-    let mut app = spawn_app(backend).await;
+    // Small batches: each outcome write claims the next batch, so the stop
+    // finds batches in hand that were claimed beside an outcome.
+    let mut app = spawn_app_with(backend, |figment| {
+        figment
+            .merge(("mail_batch_size", 8))
+            .merge(("mail_send_concurrency", 4))
+    })
+    .await;
     app.sign_up_at_once((0..60).map(|i| (format!("stopping{i}@example.com"), String::new())))
         .await;
     // Stop while the worker holds jobs: as soon as the first mail is out.
