@@ -127,8 +127,8 @@ impl StoreError {
 /// The connection pool's bounds.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
-    /// Connections at most; `None` for the backend's default: 10 on
-    /// PostgreSQL, 1 on SQLite (one writer at a time).
+    /// Connections at most; `None` for the backend's default (see
+    /// `default_pool_size`).
     pub size: Option<u32>,
     /// How long a query waits for a free connection before it fails.
     pub acquire_timeout: Duration,
@@ -162,6 +162,12 @@ impl PoolActivity {
     }
 }
 
+/// A pooled connection idle this long is pinged before it is handed out;
+/// one in use moments ago is not (as HikariCP skips validating connections
+/// used within the last 500 ms). A ping on every checkout cost each query a
+/// second round trip: to PostgreSQL, or to sqlx's SQLite worker thread.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// Connects to SQLite (creating its directory, WAL mode) or PostgreSQL.
 pub async fn connect(
     url: &SecretString,
@@ -176,7 +182,8 @@ pub async fn connect(
         .sqlx_logging(false)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(pool.acquire_timeout)
-        .max_connections(pool.size.unwrap_or(default_pool_size(url)));
+        .max_connections(pool.size.unwrap_or(default_pool_size(url)))
+        .test_before_acquire_if_idle_for(PING_IF_IDLE_FOR);
     let activity = pool.activity.clone();
     options.map_sqlx_postgres_pool_opts(move |o| {
         let activity = activity.clone();
@@ -348,5 +355,14 @@ mod tests {
         assert_eq!(sqlite_file_dir("sqlite::memory:"), None);
         assert_eq!(sqlite_file_dir("sqlite://rekey.db"), None);
         assert_eq!(sqlite_file_dir("postgres://x/y"), None);
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_pinged_before_use_only_after_sitting_idle() {
+        let url = SecretString::from("sqlite::memory:");
+        let db = connect(&url, PoolOptions::default()).await.unwrap();
+        let options = db.get_sqlite_connection_pool().options();
+        // sea-orm's idle-time check replaces the ping on every checkout.
+        assert!(!options.get_test_before_acquire());
     }
 }
