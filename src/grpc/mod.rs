@@ -30,7 +30,7 @@ pub use transport::{TransportLayer, TransportLimits, server};
 
 use crate::{
     security::callers::Refusal,
-    service::{ServiceError, TokenProblem},
+    service::{ServiceError, TokenProblem, spread_retry_delay},
 };
 
 /// Generated code for `rekey.v1`.
@@ -144,7 +144,7 @@ pub fn to_status(error: ServiceError) -> Status {
             retry_later(
                 Code::Unavailable,
                 "service temporarily unavailable; retry later",
-                Duration::from_secs(1),
+                spread_retry_delay(),
             )
         }
         ServiceError::Internal(source) => {

@@ -12,7 +12,7 @@ use std::{
 
 use sea_orm::DatabaseConnection;
 
-use super::ServiceError;
+use super::{ServiceError, error::spread_retry_delay};
 use crate::{
     store::{self, PoolActivity},
     telemetry::metrics::Metrics,
@@ -55,9 +55,6 @@ pub struct Admission {
     metrics: Metrics,
 }
 
-/// What a refused caller is told to wait before trying again.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
-
 impl Admission {
     pub fn new(
         db: DatabaseConnection,
@@ -82,7 +79,7 @@ impl Admission {
     pub async fn admit(&self) -> Result<(), ServiceError> {
         if !self.readiness.is_ready() {
             return Err(ServiceError::NotReady {
-                retry_after: RETRY_AFTER,
+                retry_after: spread_retry_delay(),
             });
         }
         if store::pool_exhausted(&self.db) {
@@ -95,7 +92,7 @@ impl Admission {
             }
             tracing::info!("database connection pool exhausted; call refused");
             return Err(ServiceError::Busy {
-                retry_after: RETRY_AFTER,
+                retry_after: spread_retry_delay(),
             });
         }
         Ok(())

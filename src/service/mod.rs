@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 
 pub use admission::{Admission, Readiness};
 pub use authenticate::{AuthenticateInput, AuthenticatedAccount, authenticate};
-pub use error::{ServiceError, TokenProblem};
+pub use error::{ServiceError, TokenProblem, spread_retry_delay};
 pub use limits::Limits;
 pub use request_reset::{LinkRequestInput, request_reset};
 pub use reset_password::{ResetPasswordInput, reset_password};
