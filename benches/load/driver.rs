@@ -27,6 +27,9 @@ pub struct Outcome {
     pub ok: Histogram<u64>,
     /// Latencies of the calls refused with RESOURCE_EXHAUSTED.
     pub rejected: Histogram<u64>,
+    /// The same, without each caller's first call: every caller starts at
+    /// once, so the first calls arrive as one burst.
+    pub rejected_after_start: Histogram<u64>,
     /// Every other failure, by gRPC code.
     pub errors: BTreeMap<String, u64>,
     /// One failure's message, for the report.
@@ -42,6 +45,7 @@ impl Outcome {
         Ok(Self {
             ok: histogram()?,
             rejected: histogram()?,
+            rejected_after_start: histogram()?,
             errors: BTreeMap::new(),
             first_error: None,
             first_rejection: None,
@@ -50,6 +54,10 @@ impl Outcome {
     }
 
     fn record(&mut self, latency: Duration, result: CallResult) {
+        self.record_call(latency, result, false);
+    }
+
+    fn record_call(&mut self, latency: Duration, result: CallResult, first: bool) {
         let micros = u64::try_from(latency.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
@@ -57,6 +65,9 @@ impl Outcome {
             Ok(()) => self.ok.saturating_record(micros),
             Err(status) if status.code() == Code::ResourceExhausted => {
                 self.rejected.saturating_record(micros);
+                if !first {
+                    self.rejected_after_start.saturating_record(micros);
+                }
                 if self.first_rejection.is_none() {
                     self.first_rejection = Some(status.message().to_owned());
                 }
@@ -76,6 +87,7 @@ impl Outcome {
     fn merge(&mut self, other: Outcome) -> Result<()> {
         self.ok.add(&other.ok)?;
         self.rejected.add(&other.rejected)?;
+        self.rejected_after_start.add(&other.rejected_after_start)?;
         for (code, n) in other.errors {
             *self.errors.entry(code).or_default() += n;
         }
@@ -108,6 +120,10 @@ impl Outcome {
 
     pub fn rejected_ms(&self, quantile: f64) -> f64 {
         self.rejected.value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    pub fn rejected_after_start_ms(&self, quantile: f64) -> f64 {
+        self.rejected_after_start.value_at_quantile(quantile) as f64 / 1000.0
     }
 
     /// What went wrong, if anything: any error but RESOURCE_EXHAUSTED, and
@@ -177,6 +193,7 @@ where
         let call = call.clone();
         tasks.spawn(async move {
             let mut outcome = Outcome::new()?;
+            let mut first = true;
             while Instant::now() < deadline {
                 let sent = Instant::now();
                 let result = call(caller).await;
@@ -184,7 +201,8 @@ where
                     (Err(status), Pushback::Honour) => retry_delay(status),
                     _ => None,
                 };
-                outcome.record(sent.elapsed(), result);
+                outcome.record_call(sent.elapsed(), result, first);
+                first = false;
                 if let Some(wait) = wait {
                     tokio::time::sleep_until(deadline.min(Instant::now() + wait).into()).await;
                 }
