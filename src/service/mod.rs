@@ -31,7 +31,7 @@ pub use verify_token::{TokenInfo, verify_token};
 use crate::{
     domain::{Clock, FieldError, PasswordPolicy, ResetUrl, ResetUrlAllowList},
     security::hashing::PasswordHasher,
-    store::{audit::AuditQueue, group_commit::GroupCommit},
+    store::{audit::AuditQueue, group_commit::GroupCommit, sqlite_reads::SqliteReads},
     telemetry::metrics::Metrics,
 };
 
@@ -39,6 +39,8 @@ use crate::{
 #[derive(Clone)]
 pub struct ServiceContext {
     pub db: DatabaseConnection,
+    /// Hot-path reads that skip sqlx's worker threads (SQLite files only).
+    pub sqlite_reads: Option<Arc<SqliteReads>>,
     pub hasher: PasswordHasher,
     pub password_policy: PasswordPolicy,
     pub default_reset_url: Option<ResetUrl>,

@@ -59,10 +59,14 @@ pub(super) async fn usable_request(
         )]));
     }
     let token = Token::parse(raw_token).ok_or(ServiceError::Token(TokenProblem::Invalid))?;
-    let request = requests::find_by_token_digest(&ctx.db, token.digest().as_str())
-        .await
-        .context("finding the token's request")?
-        .ok_or(ServiceError::Token(TokenProblem::Invalid))?;
+    let request = requests::find_by_token_digest(
+        &ctx.db,
+        ctx.sqlite_reads.as_deref(),
+        token.digest().as_str(),
+    )
+    .await
+    .context("finding the token's request")?
+    .ok_or(ServiceError::Token(TokenProblem::Invalid))?;
     match request.state(now) {
         RequestState::Open => Ok(request),
         closed => Err(ServiceError::Token(problem(closed))),

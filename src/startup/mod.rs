@@ -38,7 +38,7 @@ use crate::{
     },
     security::{hashing::PasswordHasher, tls::ReloadingAcceptor},
     service::{Admission, Readiness, RetentionPolicy, ServiceContext, run_retention},
-    store::{self, audit::AuditQueue, group_commit::GroupCommit},
+    store::{self, audit::AuditQueue, group_commit::GroupCommit, sqlite_reads::SqliteReads},
     telemetry::{
         endpoint,
         gauges::{self, GaugeSources, Gauges, OutboxGauge, ReadyGauge},
@@ -106,8 +106,7 @@ struct Telemetry {
     _gauges: Gauges,
 }
 
-/// Sees each SQL statement (text, values, duration) as it runs.
-pub type StatementObserver = Arc<dyn Fn(&sea_orm::metric::Info<'_>) + Send + Sync>;
+pub use crate::store::sqlite_reads::StatementObserver;
 
 impl App {
     /// Builds on the system clock.
@@ -153,7 +152,7 @@ impl App {
         let mut db = store::connect(&settings.database_url, settings.database_pool.clone())
             .await
             .context("connecting to the database")?;
-        if let Some(observer) = on_statement {
+        if let Some(observer) = on_statement.clone() {
             db.set_metric_callback(move |info| observer(info));
         }
         let migrations_applied = if settings.migrate_on_start {
@@ -195,7 +194,18 @@ impl App {
         let allowed_pages = links.allowed_reset_urls.clone();
         let writes = GroupCommit::start(&db, GroupCommit::lanes_for(&db));
         let audit = AuditQueue::start(writes.clone());
+        let sqlite_reads = match SqliteReads::open(
+            settings.database_url.expose_secret(),
+            on_statement,
+        ) {
+            Ok(reads) => reads.map(Arc::new),
+            Err(error) => {
+                tracing::warn!(error = %error, "SQLite reads go through the pool: the file does not open read-only");
+                None
+            }
+        };
         let ctx = ServiceContext {
+            sqlite_reads,
             writes: writes.clone(),
             audit: audit.clone(),
             db: db.clone(),

@@ -11,6 +11,7 @@ pub mod outbox;
 pub mod rate_limits;
 pub mod requests;
 pub mod retention;
+pub mod sqlite_reads;
 
 use std::{
     collections::HashSet,
@@ -36,6 +37,8 @@ pub use entities::{AccountStatus, AuditKind, MailKind, MailStatus};
 pub enum StoreError {
     #[error(transparent)]
     Database(#[from] DbErr),
+    #[error(transparent)]
+    SqliteRead(#[from] rusqlite::Error),
     #[error("a mail job's payload does not (de)serialize")]
     Payload(#[from] serde_json::Error),
     #[error("cannot create the database directory {}", dir.display())]
@@ -90,8 +93,18 @@ impl StoreError {
     /// (SQLSTATE 08xxx, 57Pxx) or a SQLite file locked past the busy timeout.
     pub fn is_unavailable(&self) -> bool {
         use sea_orm::{RuntimeErr, sqlx};
-        let StoreError::Database(error) = self else {
-            return false;
+        let error = match self {
+            StoreError::Database(error) => error,
+            StoreError::SqliteRead(rusqlite::Error::SqliteFailure(failure, _)) => {
+                return matches!(
+                    failure.code,
+                    rusqlite::ErrorCode::DatabaseBusy
+                        | rusqlite::ErrorCode::DatabaseLocked
+                        | rusqlite::ErrorCode::CannotOpen
+                        | rusqlite::ErrorCode::SystemIoFailure
+                );
+            }
+            _ => return false,
         };
         match error {
             DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
@@ -328,15 +341,20 @@ pub async fn is_ready(db: &DatabaseConnection) -> bool {
         .all(|migration| applied.contains(migration.name()))
 }
 
-fn sqlite_file_dir(url: &str) -> Option<std::path::PathBuf> {
+/// The file of a SQLite URL; `None` for other databases and in-memory SQLite.
+fn sqlite_file_path(url: &str) -> Option<PathBuf> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next()?;
-    if path.is_empty() || path.contains(":memory:") {
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path.contains(":memory:") || query.contains("mode=memory") {
         return None;
     }
-    std::path::Path::new(path)
+    Some(PathBuf::from(path))
+}
+
+fn sqlite_file_dir(url: &str) -> Option<PathBuf> {
+    sqlite_file_path(url)?
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map(|p| p.to_path_buf())
@@ -355,6 +373,20 @@ mod tests {
         assert_eq!(sqlite_file_dir("sqlite::memory:"), None);
         assert_eq!(sqlite_file_dir("sqlite://rekey.db"), None);
         assert_eq!(sqlite_file_dir("postgres://x/y"), None);
+    }
+
+    #[test]
+    fn sqlite_file_is_derived_from_the_url() {
+        assert_eq!(
+            sqlite_file_path("sqlite:///srv/rekey/rekey.db?mode=rwc"),
+            Some("/srv/rekey/rekey.db".into())
+        );
+        assert_eq!(sqlite_file_path("sqlite:rekey.db"), Some("rekey.db".into()));
+        assert_eq!(
+            sqlite_file_path("sqlite:shared?mode=memory&cache=shared"),
+            None
+        );
+        assert_eq!(sqlite_file_path("postgres://x/y"), None);
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ use sea_orm::{
 use super::{
     StoreError,
     entities::{request, request_token},
+    sqlite_reads::SqliteReads,
 };
 use crate::domain::Purpose;
 pub use request::Model as Request;
@@ -46,11 +47,16 @@ pub async fn insert_many(db: &impl ConnectionTrait, rows: &[Request]) -> Result<
     Ok(())
 }
 
-/// The request a token digest belongs to, if any. One round trip.
+/// The request a token digest belongs to, if any. One query: on the
+/// calling thread where a SQLite file's direct reads are given.
 pub async fn find_by_token_digest(
     db: &impl ConnectionTrait,
+    direct: Option<&SqliteReads>,
     digest: &str,
 ) -> Result<Option<Request>, StoreError> {
+    if let Some(direct) = direct {
+        return direct.request_by_token_digest(digest);
+    }
     let owner = Query::select()
         .column(request_token::Column::RequestId)
         .from(request_token::Entity)

@@ -1,0 +1,212 @@
+//! Point reads on a SQLite file without sqlx's worker threads.
+//!
+//! sqlx runs each SQLite connection on a thread of its own and hands every
+//! statement and row across; on `VerifyToken` those hand-offs cost more CPU
+//! than the query. These reads run on the calling thread instead, through
+//! read-only connections kept here: an indexed lookup in WAL mode takes
+//! microseconds and never waits for the writer.
+
+use std::{path::PathBuf, sync::Mutex, time::Duration};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
+use sea_orm::{ActiveEnum, DbBackend, Statement};
+
+use super::{StoreError, entities::request, requests::Request};
+use crate::domain::Purpose;
+
+/// Connections kept for reuse; more are opened while more threads read at once.
+const KEPT_CONNECTIONS: usize = 8;
+
+/// How long a read waits for a lock the writer holds briefly (WAL readers
+/// wait only while the log is reset or recovered). It runs on a runtime
+/// thread, so it is short; past it the caller is told to retry.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
+
+const REQUEST_BY_TOKEN_DIGEST: &str = "SELECT id, purpose, email, account_id, display_name, \
+     locale, created_at, expires_at, consumed_at, revoked_at FROM requests \
+     WHERE id IN (SELECT request_id FROM request_tokens WHERE digest = ?1) LIMIT 1";
+
+/// Sees each SQL statement (text, values, duration) as it runs, as
+/// sea-orm's metric callback does.
+pub type StatementObserver = std::sync::Arc<dyn Fn(&sea_orm::metric::Info<'_>) + Send + Sync>;
+
+/// Read-only connections to one SQLite file.
+pub struct SqliteReads {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    observer: Option<StatementObserver>,
+}
+
+impl SqliteReads {
+    /// For a SQLite file URL, with its first connection open; `None` for
+    /// PostgreSQL and in-memory SQLite (whose data no other connection sees).
+    pub fn open(
+        url: &str,
+        observer: Option<StatementObserver>,
+    ) -> Result<Option<Self>, StoreError> {
+        let Some(path) = super::sqlite_file_path(url) else {
+            return Ok(None);
+        };
+        let reads = Self {
+            path,
+            idle: Mutex::new(Vec::new()),
+            observer,
+        };
+        let first = reads.connect()?;
+        if let Ok(mut idle) = reads.idle.lock() {
+            idle.push(first);
+        }
+        Ok(Some(reads))
+    }
+
+    /// The request a token digest belongs to, if any.
+    pub fn request_by_token_digest(&self, digest: &str) -> Result<Option<Request>, StoreError> {
+        let started = std::time::Instant::now();
+        let found = self.with_connection(|connection| {
+            connection
+                .prepare_cached(REQUEST_BY_TOKEN_DIGEST)?
+                .query_row([digest], request_from_row)
+                .optional()
+        });
+        if let Some(observer) = &self.observer {
+            let statement = Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                REQUEST_BY_TOKEN_DIGEST,
+                [digest.into()],
+            );
+            observer(&sea_orm::metric::Info {
+                elapsed: started.elapsed(),
+                statement: &statement,
+                failed: found.is_err(),
+            });
+        }
+        Ok(found?)
+    }
+
+    fn with_connection<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let kept = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let connection = match kept {
+            Some(connection) => connection,
+            None => self.connect()?,
+        };
+        let result = read(&connection);
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < KEPT_CONNECTIONS
+        {
+            idle.push(connection);
+        }
+        result
+    }
+
+    fn connect(&self) -> rusqlite::Result<Connection> {
+        let connection = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        connection.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(connection)
+    }
+}
+
+fn request_from_row(row: &Row<'_>) -> rusqlite::Result<Request> {
+    let purpose: String = row.get("purpose")?;
+    let purpose = Purpose::try_from_value(&purpose).map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(
+            1,
+            rusqlite::types::Type::Text,
+            Box::new(std::io::Error::other(error.to_string())),
+        )
+    })?;
+    Ok(request::Model {
+        id: row.get("id")?,
+        purpose,
+        email: row.get("email")?,
+        account_id: row.get("account_id")?,
+        display_name: row.get("display_name")?,
+        locale: row.get("locale")?,
+        created_at: row.get("created_at")?,
+        expires_at: row.get("expires_at")?,
+        consumed_at: row.get("consumed_at")?,
+        revoked_at: row.get("revoked_at")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+
+    use super::*;
+    use crate::store::{self, PoolOptions, accounts, requests};
+
+    fn open_request(id: &str, email: &str) -> Request {
+        request::Model {
+            id: id.to_owned(),
+            purpose: Purpose::SignUp,
+            email: email.to_owned(),
+            account_id: None,
+            display_name: "Jo".to_owned(),
+            locale: "de-CH".to_owned(),
+            created_at: 1_000,
+            expires_at: 2_000,
+            consumed_at: None,
+            revoked_at: Some(1_500),
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_the_same_request_as_sea_orm_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/rekey.db?mode=rwc", dir.path().display());
+        let db = store::connect(&SecretString::from(url.clone()), PoolOptions::default())
+            .await
+            .unwrap();
+        store::migrate(&db).await.unwrap();
+        let account_id = accounts::insert(
+            &db,
+            accounts::NewAccount {
+                email: "b@example.com",
+                display_name: "Bo",
+                password_hash: "$argon2id$stored",
+                locale: "en",
+                now: 900,
+            },
+        )
+        .await
+        .unwrap();
+        let mut with_account = open_request("r2", "b@example.com");
+        with_account.account_id = Some(account_id);
+        with_account.purpose = Purpose::Reset;
+        with_account.revoked_at = None;
+        with_account.consumed_at = Some(1_200);
+        requests::insert_many(&db, &[open_request("r1", "a@example.com"), with_account])
+            .await
+            .unwrap();
+        requests::add_token_digests(&db, &[("r1", "d1"), ("r2", "d2"), ("r2", "d3")], 1_000)
+            .await
+            .unwrap();
+
+        let direct = SqliteReads::open(&url, None).unwrap().unwrap();
+        for digest in ["d1", "d2", "d3", "unknown"] {
+            let expected = requests::find_by_token_digest(&db, None, digest)
+                .await
+                .unwrap();
+            let read = direct.request_by_token_digest(digest).unwrap();
+            assert_eq!(read, expected, "digest {digest}");
+        }
+        assert_eq!(
+            direct.request_by_token_digest("d3").unwrap().unwrap().id,
+            "r2"
+        );
+    }
+
+    #[test]
+    fn only_a_sqlite_file_is_read_directly() {
+        let read_directly = |url: &str| SqliteReads::open(url, None).unwrap().is_some();
+        assert!(!read_directly("sqlite::memory:"));
+        assert!(!read_directly("postgres://localhost/rekey"));
+        assert!(SqliteReads::open("sqlite:///nonexistent/rekey.db", None).is_err());
+    }
+}
