@@ -4,7 +4,7 @@
 //! statement and row across; on `VerifyToken` those hand-offs cost more CPU
 //! than the query. These reads run on the calling thread instead, through
 //! read-only connections kept here: an indexed lookup in WAL mode takes
-//! microseconds and never waits for the writer.
+//! microseconds and does not wait for the writer's transactions.
 
 use std::{path::PathBuf, sync::Mutex, time::Duration};
 
@@ -61,14 +61,14 @@ impl SqliteReads {
 
     /// The request a token digest belongs to, if any.
     pub fn request_by_token_digest(&self, digest: &str) -> Result<Option<Request>, StoreError> {
-        let started = std::time::Instant::now();
+        let started = self.observer.is_some().then(std::time::Instant::now);
         let found = self.with_connection(|connection| {
             connection
                 .prepare_cached(REQUEST_BY_TOKEN_DIGEST)?
                 .query_row([digest], request_from_row)
                 .optional()
         });
-        if let Some(observer) = &self.observer {
+        if let (Some(observer), Some(started)) = (&self.observer, started) {
             let statement = Statement::from_sql_and_values(
                 DbBackend::Sqlite,
                 REQUEST_BY_TOKEN_DIGEST,
@@ -141,7 +141,7 @@ mod tests {
     use super::*;
     use crate::store::{self, PoolOptions, accounts, requests};
 
-    fn open_request(id: &str, email: &str) -> Request {
+    fn stored_request(id: &str, email: &str) -> Request {
         request::Model {
             id: id.to_owned(),
             purpose: Purpose::SignUp,
@@ -176,12 +176,12 @@ mod tests {
         )
         .await
         .unwrap();
-        let mut with_account = open_request("r2", "b@example.com");
+        let mut with_account = stored_request("r2", "b@example.com");
         with_account.account_id = Some(account_id);
         with_account.purpose = Purpose::Reset;
         with_account.revoked_at = None;
         with_account.consumed_at = Some(1_200);
-        requests::insert_many(&db, &[open_request("r1", "a@example.com"), with_account])
+        requests::insert_many(&db, &[stored_request("r1", "a@example.com"), with_account])
             .await
             .unwrap();
         requests::add_token_digests(&db, &[("r1", "d1"), ("r2", "d2"), ("r2", "d3")], 1_000)
