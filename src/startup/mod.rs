@@ -38,7 +38,10 @@ use crate::{
     },
     security::{hashing::PasswordHasher, tls::ReloadingAcceptor},
     service::{Admission, Readiness, RetentionPolicy, ServiceContext, run_retention},
-    store::{self, audit::AuditQueue, group_commit::GroupCommit, sqlite_reads::SqliteReads},
+    store::{
+        self, audit::AuditQueue, group_commit::GroupCommit, sqlite_reads::SqliteReads,
+        sqlite_writes::SqliteWriter,
+    },
     telemetry::{
         endpoint,
         gauges::{self, GaugeSources, Gauges, OutboxGauge, ReadyGauge},
@@ -192,11 +195,11 @@ impl App {
         let mail_wake = Arc::new(Notify::new());
         let links = settings.links;
         let allowed_pages = links.allowed_reset_urls.clone();
-        let writes = GroupCommit::start(&db, GroupCommit::lanes_for(&db));
+        let writes = start_writes(&db, settings.database_url.expose_secret(), &on_statement)?;
         let audit = AuditQueue::start(writes.clone());
         let sqlite_reads = match SqliteReads::open(
             settings.database_url.expose_secret(),
-            on_statement,
+            on_statement.clone(),
         ) {
             Ok(reads) => reads.map(Arc::new),
             Err(error) => {
@@ -495,6 +498,23 @@ pub(super) fn mail_transport(mail: &MailSettings) -> Result<MailTransport, Trans
 }
 
 /// Reflection describes everything served, so `grpcurl list` shows it all.
+/// The group commit: on a SQLite file, one lane writing through its own
+/// connection outside sqlx; otherwise lanes over the pool.
+fn start_writes(
+    db: &DatabaseConnection,
+    url: &str,
+    on_statement: &Option<store::sqlite_reads::StatementObserver>,
+) -> anyhow::Result<GroupCommit> {
+    let writer = SqliteWriter::open_url(url, on_statement.clone())
+        .context("opening the SQLite file for writing")?;
+    Ok(match writer {
+        Some(writer) => {
+            GroupCommit::start_on_sqlite(writer).context("starting the SQLite writer")?
+        }
+        None => GroupCommit::start(db, GroupCommit::lanes_for(db)),
+    })
+}
+
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

@@ -7,7 +7,9 @@
 //!
 //! Work is spread over a few lanes, each a task with one transaction at a
 //! time: one lane on SQLite (it has one writer anyway), several on
-//! PostgreSQL so writes still use more than one connection.
+//! PostgreSQL so writes still use more than one connection. On a SQLite
+//! file the lane runs on a thread of its own, its statements on a
+//! [`SqliteWriter`] there rather than through sqlx.
 
 use std::{
     future::Future,
@@ -27,6 +29,7 @@ use tracing::Instrument;
 use super::{
     StoreContext, StoreFailure,
     entities::{audit_event, mail_outbox},
+    sqlite_writes::SqliteWriter,
 };
 
 /// Most pieces of work committed together.
@@ -119,7 +122,7 @@ impl GroupCommit {
         let lanes: Arc<[_]> = (0..lanes.max(1))
             .map(|_| {
                 let (submit, jobs) = mpsc::channel(LANE_QUEUE);
-                tokio::spawn(run_lane(db.clone(), jobs));
+                tokio::spawn(run_lane(db.clone(), None, jobs));
                 submit
             })
             .collect();
@@ -127,6 +130,24 @@ impl GroupCommit {
             lanes,
             next: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Starts one lane whose statements run on `writer`, on a thread of its
+    /// own (a commit's fsync blocks it, not the runtime's threads); it
+    /// stops when the last handle is dropped, after the work submitted.
+    pub fn start_on_sqlite(writer: SqliteWriter) -> std::io::Result<Self> {
+        let db = writer.connection().map_err(std::io::Error::other)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (submit, jobs) = mpsc::channel(LANE_QUEUE);
+        std::thread::Builder::new()
+            .name("rekey-sqlite-writer".into())
+            .spawn(move || runtime.block_on(run_lane(db, Some(writer), jobs)))?;
+        Ok(Self {
+            lanes: Arc::new([submit]),
+            next: Arc::new(AtomicUsize::new(0)),
+        })
     }
 
     /// Lanes for `db`: one on SQLite, a few on servers with many connections.
@@ -291,10 +312,21 @@ pub async fn in_savepoint<T, E: From<StoreFailure>>(
     }
 }
 
-async fn run_lane(db: DatabaseConnection, mut jobs: mpsc::Receiver<Job>) {
+/// Runs batches of `jobs` on `db`; with `writer`, the connection behind
+/// `db`, whose failures its commit does not report.
+async fn run_lane(
+    db: DatabaseConnection,
+    writer: Option<SqliteWriter>,
+    mut jobs: mpsc::Receiver<Job>,
+) {
+    let failure = || writer.as_ref().and_then(SqliteWriter::take_failure);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let tx = match db.begin().await {
+        let begun = db.begin().await.and_then(|tx| match failure() {
+            Some(error) => Err(error),
+            None => Ok(tx),
+        });
+        let tx = match begun {
             Ok(tx) => tx,
             Err(error) => {
                 for job in batch.drain(..) {
@@ -313,9 +345,13 @@ async fn run_lane(db: DatabaseConnection, mut jobs: mpsc::Receiver<Job>) {
         // Rows that cannot be inserted fail the whole batch, as a failed
         // commit does: nobody is told their write is durable.
         let committed = match rows.insert(&tx).await {
-            Ok(()) => tx.commit().await,
+            Ok(()) => tx
+                .commit()
+                .await
+                .and_then(|()| failure().map_or(Ok(()), Err)),
             Err(error) => {
                 let _ = tx.rollback().await;
+                let _ = failure();
                 Err(error)
             }
         };

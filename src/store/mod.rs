@@ -12,6 +12,7 @@ pub mod rate_limits;
 pub mod requests;
 pub mod retention;
 pub mod sqlite_reads;
+pub mod sqlite_writes;
 
 use std::{
     collections::HashSet,
@@ -38,7 +39,7 @@ pub enum StoreError {
     #[error(transparent)]
     Database(#[from] DbErr),
     #[error(transparent)]
-    SqliteRead(#[from] rusqlite::Error),
+    Sqlite(#[from] rusqlite::Error),
     #[error("a mail job's payload does not (de)serialize")]
     Payload(#[from] serde_json::Error),
     #[error("cannot create the database directory {}", dir.display())]
@@ -95,7 +96,7 @@ impl StoreError {
         use sea_orm::{RuntimeErr, sqlx};
         let error = match self {
             StoreError::Database(error) => error,
-            StoreError::SqliteRead(rusqlite::Error::SqliteFailure(failure, _)) => {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => {
                 return matches!(
                     failure.code,
                     rusqlite::ErrorCode::DatabaseBusy
@@ -133,6 +134,7 @@ impl StoreError {
             self,
             StoreError::Database(error)
                 if matches!(error.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+                    || sqlite_writes::is_unique_violation(error)
         )
     }
 }
