@@ -40,6 +40,8 @@ pub enum StoreError {
     Database(#[from] DbErr),
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+    #[error("cannot start a thread for SQLite")]
+    Thread(#[source] std::io::Error),
     #[error("a mail job's payload does not (de)serialize")]
     Payload(#[from] serde_json::Error),
     #[error("cannot create the database directory {}", dir.display())]

@@ -33,13 +33,19 @@ use sea_orm::{
     Statement, Value,
 };
 
-use super::{entities, sqlite_reads::StatementObserver};
+use super::{StoreError, entities, sqlite_reads::StatementObserver};
 
 /// How long a write waits for another connection's write lock (sqlx's
 /// default for its own SQLite connections).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Prepared statements kept: multi-row inserts differ by their row count.
 const STATEMENT_CACHE: usize = 128;
+/// How often the WAL is copied back into the database file, beside the
+/// writer rather than in one of its commits.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// WAL pages past which the writer's own commit checkpoints anyway (should
+/// the checkpoints beside it fall behind); SQLite's default is 1,000.
+const WRITER_CHECKPOINT_PAGES: u32 = 20_000;
 /// Starts the message of a unique-constraint failure (see
 /// [`is_unique_violation`]).
 const UNIQUE_VIOLATION: &str = "SQLite unique constraint failed";
@@ -60,6 +66,8 @@ struct WriterState {
     /// The first failure of the open transaction, or of the last one until
     /// it is taken.
     failure: Option<DbErr>,
+    /// Stops the checkpoints when the writer is dropped.
+    _checkpoints: std::sync::mpsc::Sender<()>,
 }
 
 impl std::fmt::Debug for SqliteWriter {
@@ -81,7 +89,7 @@ impl SqliteWriter {
     pub fn open_url(
         url: &str,
         observer: Option<StatementObserver>,
-    ) -> Result<Option<Self>, super::StoreError> {
+    ) -> Result<Option<Self>, StoreError> {
         match super::sqlite_file_path(url) {
             Some(path) => Ok(Some(Self::open(&path, observer)?)),
             None => Ok(None),
@@ -90,21 +98,25 @@ impl SqliteWriter {
 
     /// Opens `path` for writing with the settings of sqlx's connections:
     /// WAL, foreign keys on, `synchronous = FULL` (a commit is on disk).
-    pub fn open(path: &Path, observer: Option<StatementObserver>) -> rusqlite::Result<Self> {
+    /// Checkpoints run on a thread of their own.
+    pub fn open(path: &Path, observer: Option<StatementObserver>) -> Result<Self, StoreError> {
         let connection = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         connection.busy_timeout(BUSY_TIMEOUT)?;
-        connection.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
-        )?;
+        connection.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+             PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES};"
+        ))?;
         connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let checkpoints = start_checkpoints(path)?;
         Ok(Self {
             state: Arc::new(Mutex::new(WriterState {
                 connection,
                 depth: 0,
                 failure: None,
+                _checkpoints: checkpoints,
             })),
             observer,
             narrow_columns: Arc::new(narrow_integer_columns()),
@@ -151,6 +163,30 @@ impl SqliteWriter {
             state.end(commit);
         }
     }
+}
+
+/// Every [`CHECKPOINT_EVERY`], copies what it can of the WAL into the
+/// database file without waiting for readers or the writer (`PASSIVE`), on
+/// a connection and thread of its own; stops when the sender is dropped.
+fn start_checkpoints(path: &Path) -> Result<std::sync::mpsc::Sender<()>, StoreError> {
+    use std::sync::mpsc::{RecvTimeoutError, channel};
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let (stop, stopped) = channel::<()>();
+    std::thread::Builder::new()
+        .name("rekey-sqlite-checkpoints".into())
+        .spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+                // Busy while another connection checkpoints: the next turn will.
+                if let Err(error) = connection.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                    tracing::debug!(%error, "SQLite checkpoint skipped");
+                }
+            }
+        })
+        .map_err(StoreError::Thread)?;
+    Ok(stop)
 }
 
 impl WriterState {
@@ -621,6 +657,35 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(mail_count(&db.pool).await, 1);
+    }
+
+    #[tokio::test]
+    async fn the_wal_is_checkpointed_beside_the_writer() {
+        let db = migrated().await;
+        let path = store::sqlite_file_path(&db.url).unwrap();
+        // Whatever the migrations left in the WAL goes into the file first.
+        db.pool
+            .execute_unprepared("PRAGMA wal_checkpoint(TRUNCATE)")
+            .await
+            .unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        let writer = writer(&db.url);
+        let proxy = writer.connection().unwrap();
+        let tx = proxy.begin().await.unwrap();
+        for n in 0..500 {
+            outbox::enqueue(&tx, &format!("user{n}@example.com"), &intent(), 1_000)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        assert!(writer.take_failure().is_none());
+        // The writer's own commits checkpoint only past 20,000 pages: the
+        // database file grows only when the checkpoint thread copies the WAL.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&path).unwrap().len() == before {
+            assert!(Instant::now() < deadline, "no checkpoint within 10 s");
+            tokio::time::sleep(CHECKPOINT_EVERY / 4).await;
+        }
     }
 
     #[test]
