@@ -137,13 +137,30 @@ impl GroupCommit {
     /// stops when the last handle is dropped, after the work submitted.
     pub fn start_on_sqlite(writer: SqliteWriter) -> std::io::Result<Self> {
         let db = writer.connection().map_err(std::io::Error::other)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         let (submit, jobs) = mpsc::channel(LANE_QUEUE);
+        // The runtime is built, run and dropped on the lane's thread (a
+        // runtime may not be dropped inside another); it reports whether
+        // it could be built.
+        let (started, start) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("rekey-sqlite-writer".into())
-            .spawn(move || runtime.block_on(run_lane(db, Some(writer), jobs)))?;
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(runtime) => {
+                        let _ = started.send(Ok(()));
+                        runtime.block_on(run_lane(db, Some(writer), jobs));
+                    }
+                    Err(error) => {
+                        let _ = started.send(Err(error));
+                    }
+                }
+            })?;
+        start
+            .recv()
+            .map_err(|_| std::io::Error::other("the SQLite writer's thread stopped at once"))??;
         Ok(Self {
             lanes: Arc::new([submit]),
             next: Arc::new(AtomicUsize::new(0)),

@@ -105,6 +105,7 @@ impl StoreError {
                         | rusqlite::ErrorCode::DatabaseLocked
                         | rusqlite::ErrorCode::CannotOpen
                         | rusqlite::ErrorCode::SystemIoFailure
+                        | rusqlite::ErrorCode::DiskFull
                 );
             }
             _ => return false,

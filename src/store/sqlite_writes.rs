@@ -473,13 +473,13 @@ pub fn is_unique_violation(error: &DbErr) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{ConnectionTrait, TransactionTrait};
+    use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
     use secrecy::SecretString;
 
     use super::*;
     use crate::store::{
         self, MailStatus, PoolOptions, StoreFailure, accounts,
-        group_commit::{GroupCommit, Rows},
+        group_commit::{Decision, GroupCommit, Rows, WorkFuture},
         outbox::{self, MailIntent},
     };
 
@@ -550,7 +550,10 @@ mod tests {
             .unwrap();
         by_sqlx.sort_by_key(|job| job.id);
         assert_eq!(claimed.len(), 2);
+        assert_eq!(by_sqlx.len(), 2);
         for (through_writer, through_sqlx) in claimed.iter().zip(by_sqlx.iter_mut()) {
+            assert!(through_writer.lease_token.is_some());
+            assert_ne!(through_writer.lease_token, through_sqlx.lease_token);
             assert_eq!(through_writer.attempts, 1);
             assert_eq!(through_sqlx.attempts, 2);
             assert_eq!(through_writer.status, MailStatus::Pending);
@@ -563,6 +566,70 @@ mod tests {
             assert_eq!(through_writer, through_sqlx);
         }
         assert_eq!(outbox::intent(&claimed[0]).unwrap(), intent());
+
+        // Every optional column set, read both ways.
+        db.pool
+            .execute_unprepared(&format!(
+                "UPDATE mail_outbox SET request_id = 'r1', last_error = 'relay said no', \
+                 sent_at = 5, trace_context = '00-abc-def-01', status = 'dead' WHERE id = {first}"
+            ))
+            .await
+            .unwrap();
+        let through_writer = mail_outbox_by_id(&proxy, first).await;
+        assert_eq!(through_writer, mail_outbox_by_id(&db.pool, first).await);
+        assert_eq!(through_writer.request_id.as_deref(), Some("r1"));
+        assert_eq!(through_writer.last_error.as_deref(), Some("relay said no"));
+        assert_eq!(through_writer.sent_at, Some(5));
+        assert_eq!(
+            through_writer.trace_context.as_deref(),
+            Some("00-abc-def-01")
+        );
+        assert_eq!(through_writer.status, MailStatus::Dead);
+    }
+
+    async fn mail_outbox_by_id(db: &DatabaseConnection, id: i64) -> outbox::MailJob {
+        entities::mail_outbox::Entity::find_by_id(id)
+            .one(db)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_transaction_sqlite_rolled_back_fails_the_whole_batch() {
+        let db = migrated().await;
+        let writes = GroupCommit::start_on_sqlite(writer(&db.url)).unwrap();
+        let job = || outbox::new_job("a@example.com", &intent(), 1_000).unwrap();
+        writes
+            .insert::<StoreFailure>(Rows::default().mail(job()))
+            .await
+            .unwrap();
+
+        // A statement after which SQLite rolls back the whole transaction,
+        // by work that ignores the error and keeps its mail: nothing may
+        // then be written outside the transaction.
+        let undone = writes.write_then_insert(
+            |tx: &DatabaseTransaction| -> WorkFuture<'_, (), StoreFailure> {
+                Box::pin(async move {
+                    let duplicate = tx
+                        .execute_unprepared(
+                            "INSERT OR ROLLBACK INTO mail_outbox SELECT * FROM mail_outbox",
+                        )
+                        .await;
+                    assert!(duplicate.is_err());
+                    Ok(Decision::Keep(()))
+                })
+            },
+            Rows::default().mail(job()),
+        );
+        assert!(undone.await.is_err());
+        assert_eq!(mail_count(&db.pool).await, 1);
+
+        writes
+            .insert::<StoreFailure>(Rows::default().mail(job()))
+            .await
+            .unwrap();
+        assert_eq!(mail_count(&db.pool).await, 2);
     }
 
     #[tokio::test]
