@@ -497,7 +497,6 @@ pub(super) fn mail_transport(mail: &MailSettings) -> Result<MailTransport, Trans
     }
 }
 
-/// Reflection describes everything served, so `grpcurl list` shows it all.
 /// The group commit: on a SQLite file, one lane writing through its own
 /// connection outside sqlx; otherwise lanes over the pool.
 fn start_writes(
@@ -515,6 +514,7 @@ fn start_writes(
     })
 }
 
+/// Reflection describes everything served, so `grpcurl list` shows it all.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

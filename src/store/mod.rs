@@ -99,14 +99,7 @@ impl StoreError {
         let error = match self {
             StoreError::Database(error) => error,
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => {
-                return matches!(
-                    failure.code,
-                    rusqlite::ErrorCode::DatabaseBusy
-                        | rusqlite::ErrorCode::DatabaseLocked
-                        | rusqlite::ErrorCode::CannotOpen
-                        | rusqlite::ErrorCode::SystemIoFailure
-                        | rusqlite::ErrorCode::DiskFull
-                );
+                return sqlite_unavailable(failure.code);
             }
             _ => return false,
         };
@@ -140,6 +133,20 @@ impl StoreError {
                     || sqlite_writes::is_unique_violation(error)
         )
     }
+}
+
+/// True for SQLite failures that mean "try again later": the file locked
+/// past the busy timeout, not openable, failing I/O or a full disk.
+fn sqlite_unavailable(code: rusqlite::ErrorCode) -> bool {
+    use rusqlite::ErrorCode;
+    matches!(
+        code,
+        ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::CannotOpen
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::DiskFull
+    )
 }
 
 /// The connection pool's bounds.

@@ -442,18 +442,8 @@ fn narrow_integer_columns() -> HashSet<String> {
 /// A sea-orm error for a rusqlite one: busy, locked and I/O failures as
 /// connection errors (the caller is told to retry); no values in it.
 fn db_error(error: &rusqlite::Error) -> DbErr {
-    use rusqlite::ErrorCode;
     match error {
-        rusqlite::Error::SqliteFailure(failure, _)
-            if matches!(
-                failure.code,
-                ErrorCode::DatabaseBusy
-                    | ErrorCode::DatabaseLocked
-                    | ErrorCode::CannotOpen
-                    | ErrorCode::SystemIoFailure
-                    | ErrorCode::DiskFull
-            ) =>
-        {
+        rusqlite::Error::SqliteFailure(failure, _) if super::sqlite_unavailable(failure.code) => {
             DbErr::Conn(RuntimeErr::Internal(format!("SQLite: {error}")))
         }
         rusqlite::Error::SqliteFailure(failure, _)
