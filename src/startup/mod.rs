@@ -109,7 +109,7 @@ struct Telemetry {
     _gauges: Gauges,
 }
 
-pub use crate::store::sqlite_reads::StatementObserver;
+pub use crate::store::StatementObserver;
 
 impl App {
     /// Builds on the system clock.
@@ -502,7 +502,7 @@ pub(super) fn mail_transport(mail: &MailSettings) -> Result<MailTransport, Trans
 fn start_writes(
     db: &DatabaseConnection,
     url: &str,
-    on_statement: &Option<store::sqlite_reads::StatementObserver>,
+    on_statement: &Option<StatementObserver>,
 ) -> anyhow::Result<GroupCommit> {
     let writer = SqliteWriter::open_url(url, on_statement.clone())
         .context("opening the SQLite file for writing")?;

@@ -26,7 +26,7 @@ use std::{
 
 use rekey_migrations::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
     TransactionTrait, sea_query::Query,
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -132,6 +132,53 @@ impl StoreError {
                 if matches!(error.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
                     || sqlite_writes::is_unique_violation(error)
         )
+    }
+}
+
+/// Sees each SQL statement (text, values, duration) as it runs, as
+/// sea-orm's metric callback does.
+pub type StatementObserver = Arc<dyn Fn(&sea_orm::metric::Info<'_>) + Send + Sync>;
+
+/// Runs `run`, telling `observer`, if any, of `statement` (built only
+/// then), how long it took and whether it failed.
+fn observed<T, E>(
+    observer: Option<&StatementObserver>,
+    statement: impl FnOnce() -> Statement,
+    run: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    let Some(observer) = observer else {
+        return run();
+    };
+    let started = std::time::Instant::now();
+    let result = run();
+    observer(&sea_orm::metric::Info {
+        elapsed: started.elapsed(),
+        statement: &statement(),
+        failed: result.is_err(),
+    });
+    result
+}
+
+/// A migrated SQLite file in a temporary directory, and a pool on it.
+#[cfg(test)]
+pub(crate) struct MigratedSqliteFile {
+    _dir: tempfile::TempDir,
+    pub url: String,
+    pub pool: DatabaseConnection,
+}
+
+#[cfg(test)]
+pub(crate) async fn migrated_sqlite_file() -> MigratedSqliteFile {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/rekey.db?mode=rwc", dir.path().display());
+    let pool = connect(&SecretString::from(url.clone()), PoolOptions::default())
+        .await
+        .unwrap();
+    migrate(&pool).await.unwrap();
+    MigratedSqliteFile {
+        _dir: dir,
+        url,
+        pool,
     }
 }
 

@@ -11,7 +11,7 @@ use std::{path::PathBuf, sync::Mutex, time::Duration};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
 use sea_orm::{ActiveEnum, DbBackend, Statement};
 
-use super::{StoreError, entities::request, requests::Request};
+use super::{StatementObserver, StoreError, entities::request, observed, requests::Request};
 use crate::domain::Purpose;
 
 /// Connections kept for reuse; more are opened while more threads read at once.
@@ -25,10 +25,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
 const REQUEST_BY_TOKEN_DIGEST: &str = "SELECT id, purpose, email, account_id, display_name, \
      locale, created_at, expires_at, consumed_at, revoked_at FROM requests \
      WHERE id IN (SELECT request_id FROM request_tokens WHERE digest = ?1) LIMIT 1";
-
-/// Sees each SQL statement (text, values, duration) as it runs, as
-/// sea-orm's metric callback does.
-pub type StatementObserver = std::sync::Arc<dyn Fn(&sea_orm::metric::Info<'_>) + Send + Sync>;
 
 /// Read-only connections to one SQLite file.
 pub struct SqliteReads {
@@ -61,25 +57,21 @@ impl SqliteReads {
 
     /// The request a token digest belongs to, if any.
     pub fn request_by_token_digest(&self, digest: &str) -> Result<Option<Request>, StoreError> {
-        let started = self.observer.is_some().then(std::time::Instant::now);
-        let found = self.with_connection(|connection| {
-            connection
-                .prepare_cached(REQUEST_BY_TOKEN_DIGEST)?
-                .query_row([digest], request_from_row)
-                .optional()
-        });
-        if let (Some(observer), Some(started)) = (&self.observer, started) {
-            let statement = Statement::from_sql_and_values(
+        let statement = || {
+            Statement::from_sql_and_values(
                 DbBackend::Sqlite,
                 REQUEST_BY_TOKEN_DIGEST,
                 [digest.into()],
-            );
-            observer(&sea_orm::metric::Info {
-                elapsed: started.elapsed(),
-                statement: &statement,
-                failed: found.is_err(),
-            });
-        }
+            )
+        };
+        let found = observed(self.observer.as_ref(), statement, || {
+            self.with_connection(|connection| {
+                connection
+                    .prepare_cached(REQUEST_BY_TOKEN_DIGEST)?
+                    .query_row([digest], request_from_row)
+                    .optional()
+            })
+        });
         Ok(found?)
     }
 
@@ -136,10 +128,8 @@ fn request_from_row(row: &Row<'_>) -> rusqlite::Result<Request> {
 
 #[cfg(test)]
 mod tests {
-    use secrecy::SecretString;
-
     use super::*;
-    use crate::store::{self, PoolOptions, accounts, requests};
+    use crate::store::{self, accounts, requests};
 
     fn stored_request(id: &str, email: &str) -> Request {
         request::Model {
@@ -158,12 +148,8 @@ mod tests {
 
     #[tokio::test]
     async fn reads_the_same_request_as_sea_orm_does() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/rekey.db?mode=rwc", dir.path().display());
-        let db = store::connect(&SecretString::from(url.clone()), PoolOptions::default())
-            .await
-            .unwrap();
-        store::migrate(&db).await.unwrap();
+        let file = store::migrated_sqlite_file().await;
+        let (url, db) = (file.url.clone(), file.pool.clone());
         let account_id = accounts::insert(
             &db,
             accounts::NewAccount {

@@ -20,7 +20,7 @@ use std::{
     collections::{BTreeMap, HashSet},
     path::Path,
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use rusqlite::{
@@ -33,7 +33,7 @@ use sea_orm::{
     Statement, Value,
 };
 
-use super::{StoreError, entities, sqlite_reads::StatementObserver};
+use super::{StatementObserver, StoreError, entities, observed};
 
 /// How long a write waits for another connection's write lock (sqlx's
 /// default for its own SQLite connections).
@@ -146,16 +146,11 @@ impl SqliteWriter {
         statement: &Statement,
         run: impl FnOnce(&mut WriterState) -> Result<T, DbErr>,
     ) -> Result<T, DbErr> {
-        let started = self.observer.is_some().then(Instant::now);
-        let result = self.lock().and_then(|mut state| state.statement(run));
-        if let (Some(observer), Some(started)) = (&self.observer, started) {
-            observer(&sea_orm::metric::Info {
-                elapsed: started.elapsed(),
-                statement,
-                failed: result.is_err(),
-            });
-        }
-        result
+        observed(
+            self.observer.as_ref(),
+            || statement.clone(),
+            || self.lock().and_then(|mut state| state.statement(run)),
+        )
     }
 
     fn end(&self, commit: bool) {
@@ -463,35 +458,13 @@ pub fn is_unique_violation(error: &DbErr) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
-    use secrecy::SecretString;
-
     use super::*;
     use crate::store::{
-        self, MailStatus, PoolOptions, StoreFailure, accounts,
+        self, MailStatus, StoreFailure, accounts,
         group_commit::{Decision, GroupCommit, Rows, WorkFuture},
         outbox::{self, MailIntent},
     };
-
-    struct Migrated {
-        _dir: tempfile::TempDir,
-        url: String,
-        pool: DatabaseConnection,
-    }
-
-    async fn migrated() -> Migrated {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/rekey.db?mode=rwc", dir.path().display());
-        let pool = store::connect(&SecretString::from(url.clone()), PoolOptions::default())
-            .await
-            .unwrap();
-        store::migrate(&pool).await.unwrap();
-        Migrated {
-            _dir: dir,
-            url,
-            pool,
-        }
-    }
+    use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
 
     fn writer(url: &str) -> SqliteWriter {
         SqliteWriter::open_url(url, None).unwrap().unwrap()
@@ -518,7 +491,7 @@ mod tests {
 
     #[tokio::test]
     async fn rows_written_and_read_back_match_what_sqlx_reads() {
-        let db = migrated().await;
+        let db = store::migrated_sqlite_file().await;
         let writer = writer(&db.url);
         let proxy = writer.connection().unwrap();
 
@@ -587,7 +560,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_transaction_sqlite_rolled_back_fails_the_whole_batch() {
-        let db = migrated().await;
+        let db = store::migrated_sqlite_file().await;
         let writes = GroupCommit::start_on_sqlite(writer(&db.url)).unwrap();
         let job = || outbox::new_job("a@example.com", &intent(), 1_000).unwrap();
         writes
@@ -624,7 +597,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_undone_savepoint_keeps_the_rest_of_the_transaction() {
-        let db = migrated().await;
+        let db = store::migrated_sqlite_file().await;
         let writer = writer(&db.url);
         let proxy = writer.connection().unwrap();
 
@@ -655,7 +628,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_transaction_is_rolled_back() {
-        let db = migrated().await;
+        let db = store::migrated_sqlite_file().await;
         let writer = writer(&db.url);
         let proxy = writer.connection().unwrap();
         {
@@ -676,7 +649,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_unique_violation_is_recognised() {
-        let db = migrated().await;
+        let db = store::migrated_sqlite_file().await;
         let proxy = writer(&db.url).connection().unwrap();
         let account = || accounts::NewAccount {
             email: "a@example.com",
@@ -693,7 +666,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_locked_file_fails_the_batch_as_unavailable_and_writes_nothing() {
-        let db = migrated().await;
+        let db = store::migrated_sqlite_file().await;
         let writer = writer(&db.url);
         writer.set_busy_timeout(Duration::from_millis(50));
         let writes = GroupCommit::start_on_sqlite(writer).unwrap();
@@ -718,7 +691,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_wal_is_checkpointed_beside_the_writer() {
-        let db = migrated().await;
+        let db = store::migrated_sqlite_file().await;
         let path = store::sqlite_file_path(&db.url).unwrap();
         // Whatever the migrations left in the WAL goes into the file first.
         db.pool
@@ -738,9 +711,12 @@ mod tests {
         assert!(writer.take_failure().is_none());
         // The writer's own commits checkpoint only past 20,000 pages: the
         // database file grows only when the checkpoint thread copies the WAL.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::fs::metadata(&path).unwrap().len() == before {
-            assert!(Instant::now() < deadline, "no checkpoint within 10 s");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint within 10 s"
+            );
             tokio::time::sleep(CHECKPOINT_EVERY / 4).await;
         }
     }
