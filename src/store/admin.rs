@@ -111,7 +111,7 @@ pub async fn list_mail(
 ) -> Result<Vec<MailJob>, StoreError> {
     let mut query = mail_outbox::Entity::find();
     if let Some(status) = status {
-        query = query.filter(mail_outbox::Column::Status.eq(status));
+        query = query.filter(super::outbox::status_is(status));
     }
     if let Some(kind) = kind {
         query = query.filter(mail_outbox::Column::Kind.eq(kind));
@@ -162,7 +162,7 @@ pub async fn requeue_dead(
     }
     let result = update
         .filter(mail_outbox::Column::Id.eq(id))
-        .filter(mail_outbox::Column::Status.eq(MailStatus::Dead))
+        .filter(super::outbox::status_is(MailStatus::Dead))
         .exec(db)
         .await?;
     Ok(result.rows_affected == 1)
@@ -237,7 +237,7 @@ pub async fn outbox_depth(db: &impl ConnectionTrait) -> Result<OutboxDepth, Stor
     let oldest_pending: Option<Option<i64>> = mail_outbox::Entity::find()
         .select_only()
         .column_as(mail_outbox::Column::CreatedAt.min(), "oldest")
-        .filter(mail_outbox::Column::Status.eq(MailStatus::Pending))
+        .filter(super::outbox::is_pending())
         .into_tuple()
         .one(db)
         .await?;

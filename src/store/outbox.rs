@@ -11,7 +11,9 @@ use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, EntityTrait, IdenStatic, QueryFilter, QueryOrder, QueryTrait,
     UpdateMany,
-    sea_query::{Expr, ExprTrait, LockBehavior, LockType, Order, Query},
+    sea_query::{
+        Expr, ExprTrait, LockBehavior, LockType, Order, Query, SelectStatement, SimpleExpr,
+    },
 };
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +101,19 @@ pub fn intent(job: &MailJob) -> Result<MailIntent, StoreError> {
 pub const LEASE_LAPSED: &str =
     "no attempt left: the last attempt's lease ran out before its outcome was recorded";
 
+/// `status = '…'` with the status written into the SQL, not bound: a
+/// partial index (`WHERE status = 'pending'`) serves only a query whose
+/// condition visibly implies it, and a bound parameter does not (SQLite, or
+/// a PostgreSQL generic plan). The status is one of the enum's fixed words.
+pub(super) fn status_is(status: MailStatus) -> SimpleExpr {
+    let word = sea_orm::ActiveEnum::to_value(&status);
+    Expr::col((Entity, Column::Status)).eq(Expr::cust(format!("'{word}'")))
+}
+
+pub(super) fn is_pending() -> SimpleExpr {
+    status_is(MailStatus::Pending)
+}
+
 /// Buries the pending jobs that have no attempt left and that no worker
 /// holds: those whose last attempt's lease ran out (the outcome is unknown,
 /// so they are not sent again), and those left over when the limit was
@@ -114,7 +129,7 @@ pub async fn bury_exhausted(
             .col_expr(Column::Status, Expr::value(MailStatus::Dead))
             .col_expr(Column::LockedUntil, Expr::value(Option::<i64>::None))
             .col_expr(Column::LeaseToken, Expr::value(Option::<String>::None))
-            .filter(Column::Status.eq(MailStatus::Pending))
+            .filter(is_pending())
             .filter(Column::Attempts.gte(max))
     };
     let lapsed = dead()
@@ -127,6 +142,28 @@ pub async fn bury_exhausted(
         .exec(db)
         .await?;
     Ok(lapsed.rows_affected + spent.rows_affected)
+}
+
+/// The ids of up to `batch` due jobs that have attempts left, first due
+/// first: what [`claim_due`] claims.
+pub fn due_jobs(now: i64, batch: u64, max_attempts: u32) -> SelectStatement {
+    Query::select()
+        .column(Column::Id)
+        .from(Entity)
+        .and_where(is_pending())
+        .and_where(Column::NextAttemptAt.lte(now))
+        .and_where(Column::Attempts.lt(i32::try_from(max_attempts).unwrap_or(i32::MAX)))
+        .and_where(
+            Expr::col(Column::LockedUntil)
+                .is_null()
+                .or(Column::LockedUntil.lte(now)),
+        )
+        // The order of the pending rows' `(next_attempt_at, id)` index: the
+        // first `batch` due rows are read, not the whole backlog.
+        .order_by(Column::NextAttemptAt, Order::Asc)
+        .order_by(Column::Id, Order::Asc)
+        .limit(batch)
+        .to_owned()
 }
 
 /// Claims up to `batch` due jobs that have attempts left, until
@@ -142,22 +179,7 @@ pub async fn claim_due(
     batch: u64,
     max_attempts: u32,
 ) -> Result<Vec<MailJob>, StoreError> {
-    let due = Query::select()
-        .column(Column::Id)
-        .from(Entity)
-        .and_where(Column::Status.eq(MailStatus::Pending))
-        .and_where(Column::NextAttemptAt.lte(now))
-        .and_where(Column::Attempts.lt(i32::try_from(max_attempts).unwrap_or(i32::MAX)))
-        .and_where(
-            Expr::col(Column::LockedUntil)
-                .is_null()
-                .or(Column::LockedUntil.lte(now)),
-        )
-        // The order of the `(status, next_attempt_at)` index: the first
-        // `batch` due rows are read, not the whole backlog.
-        .order_by(Column::NextAttemptAt, Order::Asc)
-        .order_by(Column::Id, Order::Asc)
-        .limit(batch)
+    let due = due_jobs(now, batch, max_attempts)
         .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
         .to_owned();
     Ok(Entity::update_many()
@@ -319,7 +341,7 @@ async fn fenced(
 /// Earliest time a pending job falls due, to sleep until then.
 pub async fn next_due(db: &impl ConnectionTrait) -> Result<Option<i64>, StoreError> {
     let row = Entity::find()
-        .filter(Column::Status.eq(MailStatus::Pending))
+        .filter(is_pending())
         .order_by_asc(Column::NextAttemptAt)
         .one(db)
         .await?;
