@@ -152,7 +152,16 @@ pub fn due_jobs(now: i64, batch: u64, max_attempts: u32) -> SelectStatement {
         .from(Entity)
         .and_where(is_pending())
         .and_where(Column::NextAttemptAt.lte(now))
-        .and_where(Column::Attempts.lt(i32::try_from(max_attempts).unwrap_or(i32::MAX)))
+        // `attempts + 0`: no index matches it, so PostgreSQL cannot pick the
+        // pending rows' `attempts` index and bitmap-scan every dead entry of
+        // it (228,000 of them, 20 ms a claim, measured with autovacuum off);
+        // the ordered scan of the due index below marks dead entries as it
+        // passes, and the next scan skips them.
+        .and_where(
+            Expr::col(Column::Attempts)
+                .add(0)
+                .lt(i32::try_from(max_attempts).unwrap_or(i32::MAX)),
+        )
         .and_where(
             Expr::col(Column::LockedUntil)
                 .is_null()

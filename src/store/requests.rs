@@ -2,8 +2,8 @@
 
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    sea_query::{Expr, Query},
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, UpdateMany,
+    sea_query::{Expr, ExprTrait, Func, Query},
 };
 
 use super::{
@@ -112,15 +112,31 @@ pub async fn consume(
     request_id: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let result = request::Entity::update_many()
-        .col_expr(request::Column::ConsumedAt, now.into())
-        .filter(request::Column::Id.eq(request_id))
-        .filter(request::Column::ConsumedAt.is_null())
-        .filter(request::Column::RevokedAt.is_null())
-        .filter(request::Column::ExpiresAt.gt(now))
-        .exec(db)
-        .await?;
+    let result = consuming(request_id, now).exec(db).await?;
     Ok(result.rows_affected == 1)
+}
+
+/// The statement of [`consume`].
+pub fn consuming(request_id: &str, now: i64) -> UpdateMany<request::Entity> {
+    request::Entity::update_many()
+        .col_expr(request::Column::ConsumedAt, now.into())
+        .filter(open_with_id(request_id, now))
+}
+
+/// The request `request_id` if it is open at `now`. "Neither consumed nor
+/// revoked" is written as one `COALESCE … IS NULL`, which PostgreSQL cannot
+/// match to the open requests' partial unique index: with the plain `IS
+/// NULL`s and no statistics it scanned that whole index for the id (20,000
+/// buffers, 15–60 ms a call, measured) instead of using the primary key.
+fn open_with_id(request_id: &str, now: i64) -> Condition {
+    let settled = Func::coalesce([
+        Expr::col(request::Column::ConsumedAt),
+        Expr::col(request::Column::RevokedAt),
+    ]);
+    Condition::all()
+        .add(request::Column::Id.eq(request_id))
+        .add(Expr::expr(settled).is_null())
+        .add(request::Column::ExpiresAt.gt(now))
 }
 
 /// Revokes one request if it is open at `now`; true if it was.
@@ -131,10 +147,7 @@ pub async fn revoke(
 ) -> Result<bool, StoreError> {
     let result = request::Entity::update_many()
         .col_expr(request::Column::RevokedAt, Expr::value(now))
-        .filter(request::Column::Id.eq(request_id))
-        .filter(request::Column::ConsumedAt.is_null())
-        .filter(request::Column::RevokedAt.is_null())
-        .filter(request::Column::ExpiresAt.gt(now))
+        .filter(open_with_id(request_id, now))
         .exec(db)
         .await?;
     Ok(result.rows_affected == 1)

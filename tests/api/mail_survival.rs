@@ -12,11 +12,7 @@ use rekey::{
         outbox::{self, MailIntent, MailJob},
     },
 };
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QueryResult,
-    Statement, TransactionTrait,
-    sea_query::{PostgresQueryBuilder, QueryBuilder, SqliteQueryBuilder},
-};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
 use crate::{
     config::Run,
@@ -339,64 +335,6 @@ async fn a_job_whose_outcome_is_never_recorded_stops_at_the_attempt_limit(backen
     assert_eq!(row.last_error.as_deref(), Some(outbox::LEASE_LAPSED));
 }
 flow_test!(a_job_whose_outcome_is_never_recorded_stops_at_the_attempt_limit);
-
-/// The worker's claim as the database would plan it for any values: the
-/// status is written into the SQL, so the partial index of pending rows
-/// serves it, even in a PostgreSQL generic plan (bound values unknown).
-async fn due_jobs_plan(app: &TestApp, backend: Backend) -> String {
-    let due = outbox::due_jobs(app.clock.now_millis(), 32, 12);
-    match backend {
-        Backend::Sqlite => {
-            let (sql, values) = due.build(SqliteQueryBuilder);
-            let explain = format!("EXPLAIN QUERY PLAN {sql}");
-            let rows = app
-                .db
-                .query_all_raw(Statement::from_sql_and_values(
-                    DbBackend::Sqlite,
-                    explain,
-                    values,
-                ))
-                .await
-                .unwrap();
-            let detail = |row: &QueryResult| row.try_get::<String>("", "detail").unwrap();
-            rows.iter().map(detail).collect::<Vec<_>>().join("\n")
-        }
-        Backend::Postgres => {
-            let (sql, values) = due.build(PostgresQueryBuilder);
-            let args: Vec<String> = values
-                .iter()
-                .map(|v| PostgresQueryBuilder.value_to_string(v))
-                .collect();
-            let tx = app.db.begin().await.unwrap();
-            // A fresh table is tiny; without these a scan would win anyway.
-            for setting in [
-                "SET LOCAL plan_cache_mode = force_generic_plan",
-                "SET LOCAL enable_seqscan = off",
-            ] {
-                tx.execute_unprepared(setting).await.unwrap();
-            }
-            tx.execute_unprepared(&format!("PREPARE due_jobs AS {sql}"))
-                .await
-                .unwrap();
-            let explain = format!("EXPLAIN EXECUTE due_jobs({})", args.join(", "));
-            let rows = tx
-                .query_all_raw(Statement::from_string(DbBackend::Postgres, explain))
-                .await
-                .unwrap();
-            let line = |row: &QueryResult| row.try_get::<String>("", "QUERY PLAN").unwrap();
-            let plan = rows.iter().map(line).collect::<Vec<_>>().join("\n");
-            tx.rollback().await.unwrap();
-            plan
-        }
-    }
-}
-
-async fn the_claim_reads_only_the_pending_rows_index(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let plan = due_jobs_plan(&app, backend).await;
-    assert!(plan.contains("mail_outbox_pending_due"), "{plan}");
-}
-flow_test!(the_claim_reads_only_the_pending_rows_index);
 
 const SMTP_SECRET: &str = "smtp-pw-7d1f2c";
 

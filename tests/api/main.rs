@@ -16,6 +16,7 @@ mod operations;
 mod overload;
 mod password_policy;
 mod protected;
+mod query_plans;
 mod reset;
 mod retention;
 mod secrets;

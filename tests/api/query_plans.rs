@@ -1,0 +1,128 @@
+//! The plans the databases choose for the hot statements whose obvious plan
+//! is not the only one: each must use the index it was written for, for any
+//! values and with no statistics (PostgreSQL here runs without autovacuum).
+
+use rekey::{
+    domain::Clock,
+    store::{outbox, requests},
+};
+use sea_orm::{
+    ConnectionTrait, DbBackend, QueryResult, QueryTrait, Statement, TransactionTrait,
+    sea_query::{PostgresQueryBuilder, QueryBuilder, SqliteQueryBuilder},
+};
+
+use crate::{
+    flow_test,
+    helpers::{Backend, TestApp, spawn_app},
+};
+
+/// How the database would run `statement` for any values: SQLite's
+/// `EXPLAIN QUERY PLAN` with the values bound; a PostgreSQL generic plan
+/// (values unknown), with sequential scans off, since a fresh table is tiny
+/// and a scan would win anyway, and with `settings` (`SET LOCAL …`).
+async fn plan(app: &TestApp, backend: Backend, statement: Statement, settings: &[&str]) -> String {
+    let values = statement.values.unwrap_or(sea_orm::Values(Vec::new()));
+    match backend {
+        Backend::Sqlite => {
+            let explain = format!("EXPLAIN QUERY PLAN {}", statement.sql);
+            let rows = app
+                .db
+                .query_all_raw(Statement::from_sql_and_values(
+                    DbBackend::Sqlite,
+                    explain,
+                    values,
+                ))
+                .await
+                .unwrap();
+            let detail = |row: &QueryResult| row.try_get::<String>("", "detail").unwrap();
+            rows.iter().map(detail).collect::<Vec<_>>().join("\n")
+        }
+        Backend::Postgres => {
+            let args: Vec<String> = values
+                .iter()
+                .map(|v| PostgresQueryBuilder.value_to_string(v))
+                .collect();
+            let tx = app.db.begin().await.unwrap();
+            let always = [
+                "SET LOCAL plan_cache_mode = force_generic_plan",
+                "SET LOCAL enable_seqscan = off",
+            ];
+            for setting in always.iter().chain(settings) {
+                tx.execute_unprepared(setting).await.unwrap();
+            }
+            tx.execute_unprepared(&format!("PREPARE planned AS {}", statement.sql))
+                .await
+                .unwrap();
+            let explain = format!("EXPLAIN EXECUTE planned({})", args.join(", "));
+            let rows = tx
+                .query_all_raw(Statement::from_string(DbBackend::Postgres, explain))
+                .await
+                .unwrap();
+            let line = |row: &QueryResult| row.try_get::<String>("", "QUERY PLAN").unwrap();
+            let plan = rows.iter().map(line).collect::<Vec<_>>().join("\n");
+            tx.rollback().await.unwrap();
+            plan
+        }
+    }
+}
+
+fn statement(backend: Backend, sql_and_values: (String, sea_orm::sea_query::Values)) -> Statement {
+    let db_backend = match backend {
+        Backend::Sqlite => DbBackend::Sqlite,
+        Backend::Postgres => DbBackend::Postgres,
+    };
+    let (sql, values) = sql_and_values;
+    Statement::from_sql_and_values(db_backend, sql, values)
+}
+
+/// The worker's claim reads the pending rows' due index in its order, never
+/// the pending rows' `attempts` index (a bitmap scan of it visited every
+/// dead entry on each claim).
+async fn the_claim_reads_the_pending_rows_due_index(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let due = outbox::due_jobs(app.clock.now_millis(), 32, 12);
+    let built = match backend {
+        Backend::Sqlite => due.build(SqliteQueryBuilder),
+        Backend::Postgres => due.build(PostgresQueryBuilder),
+    };
+    // Mail sent earlier: rows the pending indexes do not hold.
+    app.db
+        .execute_unprepared(
+            "INSERT INTO mail_outbox (kind, recipient, payload, status, attempts, \
+             next_attempt_at, created_at) \
+             WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 20000) \
+             SELECT 'sign_up', 'a@example.com', '{}', 'sent', 1, x, x FROM n",
+        )
+        .await
+        .unwrap();
+    let plan = plan(&app, backend, statement(backend, built), &[]).await;
+    assert!(plan.contains("mail_outbox_pending_due"), "{plan}");
+    assert!(!plan.contains("mail_outbox_pending_attempts"), "{plan}");
+}
+flow_test!(the_claim_reads_the_pending_rows_due_index);
+
+/// Consuming a request finds it by its primary key, not by scanning the
+/// open requests' unique index (whose condition the statement also meets).
+async fn consuming_a_request_looks_it_up_by_its_primary_key(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let db_backend = match backend {
+        Backend::Sqlite => DbBackend::Sqlite,
+        Backend::Postgres => DbBackend::Postgres,
+    };
+    let consume = requests::consuming(
+        "01a24cf2-0008-7249-9e63-4c673bd1be6a",
+        app.clock.now_millis(),
+    )
+    .build(db_backend);
+    let plan = plan(&app, backend, consume, &[]).await;
+    let by_primary_key = match backend {
+        Backend::Sqlite => "USING INDEX sqlite_autoindex_requests_1 (id=?)",
+        Backend::Postgres => "requests_pkey",
+    };
+    assert!(plan.contains(by_primary_key), "{plan}");
+    assert!(
+        !plan.contains("requests_one_open_per_email_purpose"),
+        "{plan}"
+    );
+}
+flow_test!(consuming_a_request_looks_it_up_by_its_primary_key);
