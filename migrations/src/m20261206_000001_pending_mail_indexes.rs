@@ -16,47 +16,33 @@ const DEAD: &str = "mail_outbox_dead";
 const OLD_DUE: &str = "mail_outbox_due";
 const OLD_STATUS_ATTEMPTS: &str = "mail_outbox_status_attempts";
 
-fn status_is(word: &str) -> Expr {
-    Expr::col("status").eq(word)
+/// An index of the outbox rows in `status` only.
+fn partial_index(name: &str, columns: &[&'static str], status: &str) -> IndexCreateStatement {
+    let mut index = Index::create();
+    index
+        .name(name)
+        .table("mail_outbox")
+        .and_where(Expr::col("status").eq(status));
+    for column in columns {
+        index.col(*column);
+    }
+    index
 }
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        // The claim's order: the first due rows are read, not the backlog.
-        manager
-            .create_index(
-                Index::create()
-                    .name(PENDING_DUE)
-                    .table("mail_outbox")
-                    .col("next_attempt_at")
-                    .col("id")
-                    .and_where(status_is("pending"))
-                    .to_owned(),
-            )
-            .await?;
-        // The look for pending jobs out of attempts.
-        manager
-            .create_index(
-                Index::create()
-                    .name(PENDING_ATTEMPTS)
-                    .table("mail_outbox")
-                    .col("attempts")
-                    .and_where(status_is("pending"))
-                    .to_owned(),
-            )
-            .await?;
-        // Admin's dead letters, newest first.
-        manager
-            .create_index(
-                Index::create()
-                    .name(DEAD)
-                    .table("mail_outbox")
-                    .col("id")
-                    .and_where(status_is("dead"))
-                    .to_owned(),
-            )
-            .await?;
+        let indexes = [
+            // The claim's order: the first due rows are read, not the backlog.
+            partial_index(PENDING_DUE, &["next_attempt_at", "id"], "pending"),
+            // The look for pending jobs out of attempts.
+            partial_index(PENDING_ATTEMPTS, &["attempts"], "pending"),
+            // Admin's dead letters, newest first.
+            partial_index(DEAD, &["id"], "dead"),
+        ];
+        for index in indexes {
+            manager.create_index(index).await?;
+        }
         for old in [OLD_DUE, OLD_STATUS_ATTEMPTS] {
             manager
                 .drop_index(Index::drop().name(old).table("mail_outbox").to_owned())
