@@ -8,7 +8,7 @@ use rekey::{
 };
 use sea_orm::{
     ConnectionTrait, DbBackend, QueryResult, QueryTrait, Statement, TransactionTrait,
-    sea_query::{PostgresQueryBuilder, QueryBuilder, SqliteQueryBuilder},
+    sea_query::{PostgresQueryBuilder, QueryBuilder},
 };
 
 use crate::{
@@ -66,25 +66,12 @@ async fn plan(app: &TestApp, backend: Backend, statement: Statement, settings: &
     }
 }
 
-fn statement(backend: Backend, sql_and_values: (String, sea_orm::sea_query::Values)) -> Statement {
-    let db_backend = match backend {
-        Backend::Sqlite => DbBackend::Sqlite,
-        Backend::Postgres => DbBackend::Postgres,
-    };
-    let (sql, values) = sql_and_values;
-    Statement::from_sql_and_values(db_backend, sql, values)
-}
-
 /// The worker's claim reads the pending rows' due index in its order, never
 /// the pending rows' `attempts` index (a bitmap scan of it visited every
 /// dead entry on each claim).
 async fn the_claim_reads_the_pending_rows_due_index(backend: Backend) {
     let app = spawn_app(backend).await;
     let due = outbox::due_jobs(app.clock.now_millis(), 32, 12);
-    let built = match backend {
-        Backend::Sqlite => due.build(SqliteQueryBuilder),
-        Backend::Postgres => due.build(PostgresQueryBuilder),
-    };
     // Mail sent earlier: rows the pending indexes do not hold.
     app.db
         .execute_unprepared(
@@ -95,7 +82,8 @@ async fn the_claim_reads_the_pending_rows_due_index(backend: Backend) {
         )
         .await
         .unwrap();
-    let plan = plan(&app, backend, statement(backend, built), &[]).await;
+    let claim = app.db.get_database_backend().build(&due);
+    let plan = plan(&app, backend, claim, &[]).await;
     assert!(plan.contains("mail_outbox_pending_due"), "{plan}");
     assert!(!plan.contains("mail_outbox_pending_attempts"), "{plan}");
 }
@@ -105,15 +93,11 @@ flow_test!(the_claim_reads_the_pending_rows_due_index);
 /// open requests' unique index (whose condition the statement also meets).
 async fn consuming_a_request_looks_it_up_by_its_primary_key(backend: Backend) {
     let app = spawn_app(backend).await;
-    let db_backend = match backend {
-        Backend::Sqlite => DbBackend::Sqlite,
-        Backend::Postgres => DbBackend::Postgres,
-    };
     let consume = requests::consuming(
         "01a24cf2-0008-7249-9e63-4c673bd1be6a",
         app.clock.now_millis(),
     )
-    .build(db_backend);
+    .build(app.db.get_database_backend());
     let plan = plan(&app, backend, consume, &[]).await;
     let by_primary_key = match backend {
         Backend::Sqlite => "USING INDEX sqlite_autoindex_requests_1 (id=?)",
