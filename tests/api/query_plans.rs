@@ -19,8 +19,8 @@ use crate::{
 /// How the database would run `statement` for any values: SQLite's
 /// `EXPLAIN QUERY PLAN` with the values bound; a PostgreSQL generic plan
 /// (values unknown), with sequential scans off, since a fresh table is tiny
-/// and a scan would win anyway, and with `settings` (`SET LOCAL …`).
-async fn plan(app: &TestApp, backend: Backend, statement: Statement, settings: &[&str]) -> String {
+/// and a scan would win anyway.
+async fn plan(app: &TestApp, backend: Backend, statement: Statement) -> String {
     let values = statement.values.unwrap_or(sea_orm::Values(Vec::new()));
     match backend {
         Backend::Sqlite => {
@@ -43,11 +43,10 @@ async fn plan(app: &TestApp, backend: Backend, statement: Statement, settings: &
                 .map(|v| PostgresQueryBuilder.value_to_string(v))
                 .collect();
             let tx = app.db.begin().await.unwrap();
-            let always = [
+            for setting in [
                 "SET LOCAL plan_cache_mode = force_generic_plan",
                 "SET LOCAL enable_seqscan = off",
-            ];
-            for setting in always.iter().chain(settings) {
+            ] {
                 tx.execute_unprepared(setting).await.unwrap();
             }
             tx.execute_unprepared(&format!("PREPARE planned AS {}", statement.sql))
@@ -60,6 +59,9 @@ async fn plan(app: &TestApp, backend: Backend, statement: Statement, settings: &
                 .unwrap();
             let line = |row: &QueryResult| row.try_get::<String>("", "QUERY PLAN").unwrap();
             let plan = rows.iter().map(line).collect::<Vec<_>>().join("\n");
+            // A prepared statement outlives the transaction; the pool keeps
+            // the connection.
+            tx.execute_unprepared("DEALLOCATE planned").await.unwrap();
             tx.rollback().await.unwrap();
             plan
         }
@@ -83,7 +85,7 @@ async fn the_claim_reads_the_pending_rows_due_index(backend: Backend) {
         .await
         .unwrap();
     let claim = app.db.get_database_backend().build(&due);
-    let plan = plan(&app, backend, claim, &[]).await;
+    let plan = plan(&app, backend, claim).await;
     assert!(plan.contains("mail_outbox_pending_due"), "{plan}");
     assert!(!plan.contains("mail_outbox_pending_attempts"), "{plan}");
 }
@@ -98,7 +100,7 @@ async fn consuming_a_request_looks_it_up_by_its_primary_key(backend: Backend) {
         app.clock.now_millis(),
     )
     .build(app.db.get_database_backend());
-    let plan = plan(&app, backend, consume, &[]).await;
+    let plan = plan(&app, backend, consume).await;
     let by_primary_key = match backend {
         Backend::Sqlite => "USING INDEX sqlite_autoindex_requests_1 (id=?)",
         Backend::Postgres => "requests_pkey",
