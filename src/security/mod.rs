@@ -6,3 +6,5 @@ pub mod callers;
 mod hash_threads;
 pub mod hashing;
 pub mod tls;
+
+pub use argon::BlockMemory;
