@@ -88,7 +88,11 @@ pub async fn reset_password(
         Purpose::SignUp => complete_sign_up(&tx, done).await?,
     };
     tx.commit().await.context("committing the new password")?;
-    ctx.mail_wake.notify_one();
+    // Only a reset queues a mail (the password-changed notice): a finished
+    // sign-up would wake the worker to claim nothing.
+    if request.purpose == Purpose::Reset {
+        ctx.mail_wake.notify_one();
+    }
     tracing::info!(account = %account_id, purpose = ?request.purpose, "password set");
     Ok(account_id)
 }
