@@ -11,6 +11,7 @@ mod hostile;
 mod limits;
 mod mail;
 mod mail_survival;
+mod migrations;
 mod observability;
 mod operations;
 mod overload;
