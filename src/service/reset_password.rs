@@ -83,18 +83,26 @@ pub async fn reset_password(
         caller: input.caller.as_deref(),
         now,
     };
-    let account_id = match request.purpose {
+    let Completed {
+        account_id,
+        mail_queued,
+    } = match request.purpose {
         Purpose::Reset => complete_reset(&tx, done).await?,
         Purpose::SignUp => complete_sign_up(&tx, done).await?,
     };
     tx.commit().await.context("committing the new password")?;
-    // Only a reset queues a mail (the password-changed notice): a finished
-    // sign-up would wake the worker to claim nothing.
-    if request.purpose == Purpose::Reset {
+    // Woken for nothing, the worker would claim nothing in a write of its own.
+    if mail_queued {
         ctx.mail_wake.notify_one();
     }
     tracing::info!(account = %account_id, purpose = ?request.purpose, "password set");
     Ok(account_id)
+}
+
+/// The account whose password was set, and whether a mail was queued.
+struct Completed {
+    account_id: String,
+    mail_queued: bool,
 }
 
 /// A consumed request and what completing it needs.
@@ -109,7 +117,7 @@ struct Completion<'a> {
 async fn complete_reset(
     tx: &DatabaseTransaction,
     done: Completion<'_>,
-) -> Result<String, ServiceError> {
+) -> Result<Completed, ServiceError> {
     let Completion {
         request,
         password_hash,
@@ -151,13 +159,16 @@ async fn complete_reset(
     )
     .await
     .context("auditing the reset")?;
-    Ok(account.id)
+    Ok(Completed {
+        account_id: account.id,
+        mail_queued: true,
+    })
 }
 
 async fn complete_sign_up(
     tx: &DatabaseTransaction,
     done: Completion<'_>,
-) -> Result<String, ServiceError> {
+) -> Result<Completed, ServiceError> {
     let Completion {
         request,
         password_hash,
@@ -201,7 +212,10 @@ async fn complete_sign_up(
     )
     .await
     .context("auditing the sign-up")?;
-    Ok(account_id)
+    Ok(Completed {
+        account_id,
+        mail_queued: false,
+    })
 }
 
 /// Revokes every other open request of the email, and audits it if any.
