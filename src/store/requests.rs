@@ -1,8 +1,10 @@
 //! Reset and sign-up requests, and the digests of the tokens minted for them.
 
 use sea_orm::{
+    ActiveEnum,
     ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, UpdateMany,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, IdenStatic, QueryFilter,
+    QueryTrait, Statement, UpdateMany,
     sea_query::{Expr, ExprTrait, Func, Query},
 };
 
@@ -183,13 +185,57 @@ pub async fn revoke_open_of_emails(
     if emails.is_empty() {
         return Ok(Vec::new());
     }
-    let revoked = request::Entity::update_many()
+    let statement = revoking_open_of_emails(db.get_database_backend(), purpose, emails, now);
+    let rows = db.query_all_raw(statement).await?;
+    Ok(rows
+        .iter()
+        .map(|row| row.try_get::<String>("", request::Column::Email.as_str()))
+        .collect::<Result<_, _>>()?)
+}
+
+/// The statement of [`revoke_open_of_emails`], returning the emails.
+///
+/// On PostgreSQL each address is looked up on its own through the open
+/// requests' unique index (a lateral subquery with `LIMIT 1`, which that
+/// index answers exactly), then updated by primary key. The plain
+/// `email IN (…)` form got a generic plan that scanned the table when the
+/// table was tiny, and kept it as the table grew: 52 ms for 7,000 rows,
+/// measured during a mail drain. "Neither consumed nor revoked" is checked
+/// again on the row being updated (a concurrent consumption wins), written
+/// as one `COALESCE` that the partial index cannot serve, so the outer
+/// statement uses the primary key.
+pub fn revoking_open_of_emails(
+    backend: DbBackend,
+    purpose: Purpose,
+    emails: &[&str],
+    now: i64,
+) -> Statement {
+    let purpose = purpose.to_value();
+    if backend == DbBackend::Postgres {
+        let emails: Vec<String> = emails.iter().map(|email| (*email).to_owned()).collect();
+        return Statement::from_sql_and_values(
+            backend,
+            "UPDATE requests SET revoked_at = $1 \
+             WHERE COALESCE(consumed_at, revoked_at) IS NULL AND id IN ( \
+               SELECT open.id FROM unnest($2::text[]) AS address(email) \
+               CROSS JOIN LATERAL ( \
+                 SELECT id FROM requests \
+                 WHERE requests.email = address.email AND requests.purpose = $3 \
+                   AND consumed_at IS NULL AND revoked_at IS NULL \
+                 LIMIT 1 \
+               ) AS open \
+             ) \
+             RETURNING email",
+            [now.into(), emails.into(), purpose.into()],
+        );
+    }
+    let mut update = request::Entity::update_many()
         .col_expr(request::Column::RevokedAt, Expr::value(now))
         .filter(request::Column::Email.is_in(emails.iter().copied()))
         .filter(request::Column::Purpose.eq(purpose))
         .filter(request::Column::ConsumedAt.is_null())
         .filter(request::Column::RevokedAt.is_null())
-        .exec_with_returning(db)
-        .await?;
-    Ok(revoked.into_iter().map(|request| request.email).collect())
+        .into_query();
+    update.returning_col(request::Column::Email);
+    backend.build(&update)
 }

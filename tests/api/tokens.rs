@@ -288,3 +288,58 @@ async fn fifty_concurrent_resets_with_one_token_succeed_exactly_once(backend: Ba
         .unwrap();
 }
 flow_test!(fifty_concurrent_resets_with_one_token_succeed_exactly_once);
+
+/// The worker's batch revocation touches only the open requests of the
+/// addresses and purpose it names, and returns their addresses.
+async fn a_batch_revocation_revokes_only_the_open_requests_it_names(backend: Backend) {
+    use rekey::{
+        domain::{Clock, Purpose},
+        store::requests::{self, Request},
+    };
+
+    let app = spawn_app(backend).await;
+    let now = app.clock.now_millis();
+    let request = |id: &str, purpose: Purpose, email: &str, consumed_at: Option<i64>| Request {
+        id: id.to_owned(),
+        purpose,
+        email: email.to_owned(),
+        account_id: None,
+        display_name: "Someone".to_owned(),
+        locale: "en".to_owned(),
+        created_at: now,
+        expires_at: now + 60_000,
+        consumed_at,
+        revoked_at: None,
+    };
+    let rows = [
+        request("open-jane", Purpose::SignUp, "jane@example.com", None),
+        request("open-joe", Purpose::SignUp, "joe@example.com", None),
+        request("used-jane", Purpose::SignUp, "jane@example.com", Some(now)),
+        request("reset-jane", Purpose::Reset, "jane@example.com", None),
+        request("open-ann", Purpose::SignUp, "ann@example.com", None),
+    ];
+    requests::insert_many(&app.db, &rows).await.unwrap();
+
+    let mut revoked = requests::revoke_open_of_emails(
+        &app.db,
+        Purpose::SignUp,
+        &["jane@example.com", "joe@example.com", "nobody@example.com"],
+        now + 1,
+    )
+    .await
+    .unwrap();
+    revoked.sort();
+    assert_eq!(revoked, ["jane@example.com", "joe@example.com"]);
+
+    let mut revoked_ids: Vec<String> = request::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|request| request.revoked_at == Some(now + 1))
+        .map(|request| request.id)
+        .collect();
+    revoked_ids.sort();
+    assert_eq!(revoked_ids, ["open-jane", "open-joe"]);
+}
+flow_test!(a_batch_revocation_revokes_only_the_open_requests_it_names);
