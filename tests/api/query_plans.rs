@@ -29,12 +29,13 @@ enum SeqScans {
 
 /// How the database would run `statement` for any values: SQLite's
 /// `EXPLAIN QUERY PLAN` with the values bound; a PostgreSQL generic plan
-/// (values unknown).
+/// (values unknown), after `settings`, as the statement's caller sets them.
 async fn plan(
     app: &TestApp,
     backend: Backend,
     statement: Statement,
     seq_scans: SeqScans,
+    settings: &[&str],
 ) -> String {
     let values = statement.values.unwrap_or(sea_orm::Values(Vec::new()));
     match backend {
@@ -65,6 +66,9 @@ async fn plan(
                 tx.execute_unprepared("SET LOCAL enable_seqscan = off")
                     .await
                     .unwrap();
+            }
+            for setting in settings {
+                tx.execute_unprepared(setting).await.unwrap();
             }
             tx.execute_unprepared(&format!("PREPARE planned AS {}", statement.sql))
                 .await
@@ -102,11 +106,48 @@ async fn the_claim_reads_the_pending_rows_due_index(backend: Backend) {
         .await
         .unwrap();
     let claim = app.db.get_database_backend().build(&due);
-    let plan = plan(&app, backend, claim, SeqScans::Off).await;
+    let plan = plan(&app, backend, claim, SeqScans::Off, &[]).await;
     assert!(plan.contains("mail_outbox_pending_due"), "{plan}");
     assert!(!plan.contains("mail_outbox_pending_attempts"), "{plan}");
 }
 flow_test!(the_claim_reads_the_pending_rows_due_index);
+
+/// With a backlog, the claim still reads the due index in its order and
+/// stops after its batch: no scan of every due row and sort (PostgreSQL's
+/// generic plan without statistics, without the claim's setting).
+async fn a_claim_from_a_backlog_reads_only_its_batch_in_due_order(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.db
+        .execute_unprepared(
+            "INSERT INTO mail_outbox (kind, recipient, payload, status, attempts, \
+             next_attempt_at, created_at) \
+             WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 20000) \
+             SELECT 'sign_up', 'a@example.com', '{}', 'pending', 0, x, x FROM n",
+        )
+        .await
+        .unwrap();
+    let now = app.clock.now_millis();
+    let claim = outbox::claiming(now, now + 60_000, 64, 12).build(app.db.get_database_backend());
+    let plan = plan(
+        &app,
+        backend,
+        claim,
+        SeqScans::Allowed,
+        &[outbox::CLAIM_PLAN],
+    )
+    .await;
+    assert!(plan.contains("mail_outbox_pending_due"), "{plan}");
+    for whole_backlog in [
+        "Sort",
+        "Bitmap",
+        "Seq Scan",
+        "SCAN mail_outbox",
+        "TEMP B-TREE",
+    ] {
+        assert!(!plan.contains(whole_backlog), "{plan}");
+    }
+}
+flow_test!(a_claim_from_a_backlog_reads_only_its_batch_in_due_order);
 
 /// Consuming a request finds it by its primary key, not by scanning the
 /// open requests' unique index (whose condition the statement also meets).
@@ -117,7 +158,7 @@ async fn consuming_a_request_looks_it_up_by_its_primary_key(backend: Backend) {
         app.clock.now_millis(),
     )
     .build(app.db.get_database_backend());
-    let plan = plan(&app, backend, consume, SeqScans::Off).await;
+    let plan = plan(&app, backend, consume, SeqScans::Off, &[]).await;
     let by_primary_key = match backend {
         Backend::Sqlite => "USING INDEX sqlite_autoindex_requests_1 (id=?)",
         Backend::Postgres => "requests_pkey",
@@ -154,7 +195,7 @@ async fn superseding_a_batchs_requests_looks_each_address_up_in_its_index(backen
         &emails,
         app.clock.now_millis(),
     );
-    let plan = plan(&app, backend, revoke, SeqScans::Allowed).await;
+    let plan = plan(&app, backend, revoke, SeqScans::Allowed, &[]).await;
     assert!(
         plan.contains("requests_one_open_per_email_purpose"),
         "{plan}"
