@@ -1,6 +1,9 @@
 //! Account rows.
 
-use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveEnum, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
+    QueryFilter, QueryTrait, Statement,
+};
 
 pub use super::entities::account::Model as Account;
 use super::entities::account::{ActiveModel, Column, Entity};
@@ -35,11 +38,33 @@ pub async fn find_active_by_emails(
     if emails.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(Entity::find()
+    let statement = finding_active_by_emails(db.get_database_backend(), emails);
+    Ok(Entity::find().from_raw_sql(statement).all(db).await?)
+}
+
+/// The statement of [`find_active_by_emails`]. On PostgreSQL each address
+/// is looked up on its own in the unique email index (a lateral subquery
+/// per address): a generic plan of `email IN (…)` made while the table was
+/// small scans the table, and a connection keeps it as the table grows.
+pub fn finding_active_by_emails(backend: DbBackend, emails: &[&str]) -> Statement {
+    let active = AccountStatus::Active.to_value();
+    if backend == DbBackend::Postgres {
+        let emails: Vec<String> = emails.iter().map(|email| (*email).to_owned()).collect();
+        return Statement::from_sql_and_values(
+            backend,
+            "SELECT account.* FROM unnest($1::text[]) AS address(email) \
+             CROSS JOIN LATERAL ( \
+               SELECT * FROM accounts \
+               WHERE accounts.email = address.email AND accounts.status = $2 \
+               LIMIT 1 \
+             ) AS account",
+            [emails.into(), active.into()],
+        );
+    }
+    Entity::find()
         .filter(Column::Email.is_in(emails.iter().copied()))
-        .filter(Column::Status.eq(AccountStatus::Active))
-        .all(db)
-        .await?)
+        .filter(Column::Status.eq(active))
+        .build(backend)
 }
 
 /// Inserts an active account and returns its id.

@@ -4,7 +4,7 @@
 
 use rekey::{
     domain::{Clock, Purpose},
-    store::{outbox, requests},
+    store::{accounts, outbox, requests},
 };
 use sea_orm::{
     ConnectionTrait, DbBackend, QueryResult, QueryTrait, Statement, TransactionTrait,
@@ -207,3 +207,36 @@ async fn superseding_a_batchs_requests_looks_each_address_up_in_its_index(backen
     assert!(!plan.contains(scans_the_table), "{plan}");
 }
 flow_test!(superseding_a_batchs_requests_looks_each_address_up_in_its_index);
+
+/// The mail worker's lookup of a batch's accounts uses the unique email
+/// index even on a table of a hundred accounts, where a generic plan of
+/// `email IN (…)` scanned the table (and would keep scanning it as the
+/// accounts grew).
+async fn a_batchs_accounts_are_looked_up_in_the_email_index(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.db
+        .execute_unprepared(
+            "INSERT INTO accounts (id, email, display_name, password_hash, status, locale, \
+             created_at, password_changed_at) \
+             WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 100) \
+             SELECT 'account-' || x, 'user' || x || '@example.com', 'User', 'hash', 'active', \
+             'en', 0, 0 FROM n",
+        )
+        .await
+        .unwrap();
+    let emails: Vec<String> = (0..64).map(|i| format!("user{i}@example.com")).collect();
+    let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
+    let find = accounts::finding_active_by_emails(app.db.get_database_backend(), &emails);
+    let plan = plan(&app, backend, find, SeqScans::Allowed, &[]).await;
+    let by_email = match backend {
+        Backend::Sqlite => "USING INDEX sqlite_autoindex_accounts_2 (email=?)",
+        Backend::Postgres => "accounts_email_key",
+    };
+    assert!(plan.contains(by_email), "{plan}");
+    let scans_the_table = match backend {
+        Backend::Sqlite => "SCAN accounts",
+        Backend::Postgres => "Seq Scan",
+    };
+    assert!(!plan.contains(scans_the_table), "{plan}");
+}
+flow_test!(a_batchs_accounts_are_looked_up_in_the_email_index);
