@@ -89,6 +89,30 @@ async fn plan(
     }
 }
 
+/// Inserts `rows` rows into `into` (a table and its columns), each
+/// selected by `select` from a row number `x` counting from 1.
+async fn insert_rows(app: &TestApp, into: &str, rows: u32, select: &str) {
+    app.db
+        .execute_unprepared(&format!(
+            "INSERT INTO {into} \
+             WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < {rows}) \
+             SELECT {select} FROM n"
+        ))
+        .await
+        .unwrap();
+}
+
+/// `plan` uses `index` and reads no table whole: no `SCAN` of `table` on
+/// SQLite, no `Seq Scan` at all on PostgreSQL.
+fn assert_index_without_table_scan(plan: &str, backend: Backend, index: &str, table: &str) {
+    assert!(plan.contains(index), "{plan}");
+    let whole_table = match backend {
+        Backend::Sqlite => format!("SCAN {table}"),
+        Backend::Postgres => "Seq Scan".to_owned(),
+    };
+    assert!(!plan.contains(&whole_table), "{plan}");
+}
+
 /// The worker's claim reads the pending rows' due index in its order, never
 /// the pending rows' `attempts` index (a bitmap scan of it visited every
 /// dead entry on each claim).
@@ -96,15 +120,13 @@ async fn the_claim_reads_the_pending_rows_due_index(backend: Backend) {
     let app = spawn_app(backend).await;
     let due = outbox::due_jobs(app.clock.now_millis(), 32, 12);
     // Mail sent earlier: rows the pending indexes do not hold.
-    app.db
-        .execute_unprepared(
-            "INSERT INTO mail_outbox (kind, recipient, payload, status, attempts, \
-             next_attempt_at, created_at) \
-             WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 20000) \
-             SELECT 'sign_up', 'a@example.com', '{}', 'sent', 1, x, x FROM n",
-        )
-        .await
-        .unwrap();
+    insert_rows(
+        &app,
+        "mail_outbox (kind, recipient, payload, status, attempts, next_attempt_at, created_at)",
+        20000,
+        "'sign_up', 'a@example.com', '{}', 'sent', 1, x, x",
+    )
+    .await;
     let claim = app.db.get_database_backend().build(&due);
     let plan = plan(&app, backend, claim, SeqScans::Off, &[]).await;
     assert!(plan.contains("mail_outbox_pending_due"), "{plan}");
@@ -117,15 +139,13 @@ flow_test!(the_claim_reads_the_pending_rows_due_index);
 /// generic plan without statistics, without the claim's setting).
 async fn a_claim_from_a_backlog_reads_only_its_batch_in_due_order(backend: Backend) {
     let app = spawn_app(backend).await;
-    app.db
-        .execute_unprepared(
-            "INSERT INTO mail_outbox (kind, recipient, payload, status, attempts, \
-             next_attempt_at, created_at) \
-             WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 20000) \
-             SELECT 'sign_up', 'a@example.com', '{}', 'pending', 0, x, x FROM n",
-        )
-        .await
-        .unwrap();
+    insert_rows(
+        &app,
+        "mail_outbox (kind, recipient, payload, status, attempts, next_attempt_at, created_at)",
+        20000,
+        "'sign_up', 'a@example.com', '{}', 'pending', 0, x, x",
+    )
+    .await;
     let now = app.clock.now_millis();
     let claim = outbox::claiming(now, now + 60_000, 64, 12).build(app.db.get_database_backend());
     let plan = plan(
@@ -177,16 +197,13 @@ flow_test!(consuming_a_request_looks_it_up_by_its_primary_key);
 /// (and kept scanning it as it grew: 52 ms a batch at 7,000 rows).
 async fn superseding_a_batchs_requests_looks_each_address_up_in_its_index(backend: Backend) {
     let app = spawn_app(backend).await;
-    app.db
-        .execute_unprepared(
-            "INSERT INTO requests (id, purpose, email, display_name, locale, created_at, \
-             expires_at) \
-             WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 100) \
-             SELECT 'request-' || x, 'sign_up', 'user' || x || '@example.com', 'User', 'en', \
-             0, 1 FROM n",
-        )
-        .await
-        .unwrap();
+    insert_rows(
+        &app,
+        "requests (id, purpose, email, display_name, locale, created_at, expires_at)",
+        100,
+        "'request-' || x, 'sign_up', 'user' || x || '@example.com', 'User', 'en', 0, 1",
+    )
+    .await;
     let emails: Vec<String> = (0..64).map(|i| format!("new{i}@example.com")).collect();
     let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
     let revoke = requests::revoking_open_of_emails(
@@ -196,15 +213,12 @@ async fn superseding_a_batchs_requests_looks_each_address_up_in_its_index(backen
         app.clock.now_millis(),
     );
     let plan = plan(&app, backend, revoke, SeqScans::Allowed, &[]).await;
-    assert!(
-        plan.contains("requests_one_open_per_email_purpose"),
-        "{plan}"
+    assert_index_without_table_scan(
+        &plan,
+        backend,
+        "requests_one_open_per_email_purpose",
+        "requests",
     );
-    let scans_the_table = match backend {
-        Backend::Sqlite => "SCAN requests",
-        Backend::Postgres => "Seq Scan",
-    };
-    assert!(!plan.contains(scans_the_table), "{plan}");
 }
 flow_test!(superseding_a_batchs_requests_looks_each_address_up_in_its_index);
 
@@ -214,16 +228,13 @@ flow_test!(superseding_a_batchs_requests_looks_each_address_up_in_its_index);
 /// accounts grew).
 async fn a_batchs_accounts_are_looked_up_in_the_email_index(backend: Backend) {
     let app = spawn_app(backend).await;
-    app.db
-        .execute_unprepared(
-            "INSERT INTO accounts (id, email, display_name, password_hash, status, locale, \
-             created_at, password_changed_at) \
-             WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 100) \
-             SELECT 'account-' || x, 'user' || x || '@example.com', 'User', 'hash', 'active', \
-             'en', 0, 0 FROM n",
-        )
-        .await
-        .unwrap();
+    insert_rows(
+        &app,
+        "accounts (id, email, display_name, password_hash, status, locale, created_at, password_changed_at)",
+        100,
+        "'account-' || x, 'user' || x || '@example.com', 'User', 'hash', 'active', 'en', 0, 0",
+    )
+    .await;
     let emails: Vec<String> = (0..64).map(|i| format!("user{i}@example.com")).collect();
     let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
     let find = accounts::finding_active_by_emails(app.db.get_database_backend(), &emails);
@@ -232,11 +243,6 @@ async fn a_batchs_accounts_are_looked_up_in_the_email_index(backend: Backend) {
         Backend::Sqlite => "USING INDEX sqlite_autoindex_accounts_2 (email=?)",
         Backend::Postgres => "accounts_email_key",
     };
-    assert!(plan.contains(by_email), "{plan}");
-    let scans_the_table = match backend {
-        Backend::Sqlite => "SCAN accounts",
-        Backend::Postgres => "Seq Scan",
-    };
-    assert!(!plan.contains(scans_the_table), "{plan}");
+    assert_index_without_table_scan(&plan, backend, by_email, "accounts");
 }
 flow_test!(a_batchs_accounts_are_looked_up_in_the_email_index);
