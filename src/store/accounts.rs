@@ -7,7 +7,7 @@ use sea_orm::{
 
 pub use super::entities::account::Model as Account;
 use super::entities::account::{ActiveModel, Column, Entity};
-use super::{AccountStatus, StoreError};
+use super::{AccountStatus, StoreError, text_array};
 
 /// A new account to insert.
 pub struct NewAccount<'a> {
@@ -49,7 +49,6 @@ pub async fn find_active_by_emails(
 pub fn finding_active_by_emails(backend: DbBackend, emails: &[&str]) -> Statement {
     let active = AccountStatus::Active.to_value();
     if backend == DbBackend::Postgres {
-        let emails: Vec<String> = emails.iter().map(|email| (*email).to_owned()).collect();
         return Statement::from_sql_and_values(
             backend,
             "SELECT account.* FROM unnest($1::text[]) AS address(email) \
@@ -58,7 +57,7 @@ pub fn finding_active_by_emails(backend: DbBackend, emails: &[&str]) -> Statemen
                WHERE accounts.email = address.email AND accounts.status = $2 \
                LIMIT 1 \
              ) AS account",
-            [emails.into(), active.into()],
+            [text_array(emails), active.into()],
         );
     }
     Entity::find()

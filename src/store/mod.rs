@@ -286,6 +286,12 @@ pub async fn connect(
 /// (WAL); every write transaction starts with its write, so writers wait
 /// their turn (busy timeout) rather than fail. In-memory SQLite: 1, as
 /// each connection would be a database of its own.
+/// A PostgreSQL `text[]` parameter (for `unnest($n::text[])`).
+fn text_array(items: &[&str]) -> sea_orm::Value {
+    let items: Vec<String> = items.iter().map(|item| (*item).to_owned()).collect();
+    items.into()
+}
+
 fn default_pool_size(url: &str) -> u32 {
     if !url.starts_with("sqlite:") {
         10

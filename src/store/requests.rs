@@ -12,6 +12,7 @@ use super::{
     StoreError,
     entities::{request, request_token},
     sqlite_reads::SqliteReads,
+    text_array,
 };
 use crate::domain::Purpose;
 pub use request::Model as Request;
@@ -212,7 +213,6 @@ pub fn revoking_open_of_emails(
 ) -> Statement {
     let purpose = purpose.to_value();
     if backend == DbBackend::Postgres {
-        let emails: Vec<String> = emails.iter().map(|email| (*email).to_owned()).collect();
         return Statement::from_sql_and_values(
             backend,
             "UPDATE requests SET revoked_at = $1 \
@@ -226,7 +226,7 @@ pub fn revoking_open_of_emails(
                ) AS open \
              ) \
              RETURNING email",
-            [now.into(), emails.into(), purpose.into()],
+            [now.into(), text_array(emails), purpose.into()],
         );
     }
     let mut update = request::Entity::update_many()
