@@ -147,9 +147,13 @@ impl Call {
         let code = code as i32;
         self.metrics
             .rpc_served(service, method, code, self.started.elapsed());
-        self.span.record("rpc.grpc.status_code", code);
-        if is_server_error(code) {
-            self.span.record("otel.status_code", "ERROR");
+        // Recording re-formats the span's fields for the log layer, which
+        // never shows them again after the call's last event.
+        if traces::exporting() {
+            self.span.record("rpc.grpc.status_code", code);
+            if is_server_error(code) {
+                self.span.record("otel.status_code", "ERROR");
+            }
         }
     }
 }

@@ -53,6 +53,7 @@ pub fn init(format: LogFormat) -> anyhow::Result<TelemetryGuard> {
             .try_init()?,
     }
     if traces.is_some() {
+        traces::set_exporting();
         tracing::info!("exporting traces over OTLP");
     }
     Ok(TelemetryGuard { traces })

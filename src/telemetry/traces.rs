@@ -5,7 +5,10 @@
 //! (the outbox row's `trace_context`). With no endpoint set, no layer is
 //! installed: spans stay local and cost what plain `tracing` costs.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use anyhow::Context as _;
 use opentelemetry::{
@@ -18,6 +21,19 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The W3C header carrying a trace context.
 const TRACEPARENT: &str = "traceparent";
+
+/// Set once [`init`](super::init) has installed the export layer.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// True when spans leave the process. Fields recorded on a span after its
+/// last event reach no log line, only an exported span.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+pub(super) fn set_exporting() {
+    EXPORTING.store(true, Ordering::Relaxed);
+}
 
 /// The tracer provider exporting to the OTLP endpoint.
 pub struct TraceExport {
