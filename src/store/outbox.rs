@@ -10,7 +10,7 @@ use sea_orm::{
     ActiveValue::NotSet,
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IdenStatic, QueryFilter, QueryOrder,
-    QueryTrait, UpdateMany,
+    QueryTrait, Statement, UpdateMany,
     sea_query::{
         Expr, ExprTrait, LockBehavior, LockType, Order, Query, SelectStatement, SimpleExpr,
     },
@@ -236,24 +236,35 @@ pub async fn set_requests(
     lease_token: &str,
     links: &[(i64, &str, MailKind)],
 ) -> Result<Vec<i64>, StoreError> {
-    let Some(((first_id, first_request, first_kind), rest)) = links.split_first() else {
-        return Ok(Vec::new());
-    };
+    match linking(db.get_database_backend(), lease_token, links) {
+        Some(link) => ids_written(db, link).await,
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The statement of [`set_requests`]; `None` for no links.
+pub fn linking(
+    backend: DbBackend,
+    lease_token: &str,
+    links: &[(i64, &str, MailKind)],
+) -> Option<Statement> {
+    let ((first_id, first_request, first_kind), rest) = links.split_first()?;
     let mut request = Expr::case(Column::Id.eq(*first_id), Expr::value(*first_request));
     let mut kind = Expr::case(Column::Id.eq(*first_id), Expr::value(*first_kind));
     for (id, request_id, mail_kind) in rest {
         request = request.case(Column::Id.eq(*id), Expr::value(*request_id));
         kind = kind.case(Column::Id.eq(*id), Expr::value(*mail_kind));
     }
+    let ids: Vec<i64> = links.iter().map(|(id, ..)| *id).collect();
     let link = Entity::update_many()
         .col_expr(
             Column::RequestId,
             request.finally(Expr::col(Column::RequestId)).into(),
         )
         .col_expr(Column::Kind, kind.finally(Expr::col(Column::Kind)).into())
-        .filter(Column::Id.is_in(links.iter().map(|(id, ..)| *id)))
+        .filter(ids_in(backend, &ids))
         .filter(Column::LeaseToken.eq(lease_token));
-    ids_written(db, link).await
+    Some(returning_ids(backend, link))
 }
 
 /// Ends claimed jobs of one claim as `status` and `kind`, in one statement
@@ -270,27 +281,66 @@ pub async fn finish_many(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
+    let finish = finishing(
+        db.get_database_backend(),
+        lease_token,
+        ids,
+        status,
+        kind,
+        now,
+    );
+    ids_written(db, finish).await
+}
+
+/// The statement of [`finish_many`].
+pub fn finishing(
+    backend: DbBackend,
+    lease_token: &str,
+    ids: &[i64],
+    status: MailStatus,
+    kind: MailKind,
+    now: i64,
+) -> Statement {
     let finished = Entity::update_many()
         .col_expr(Column::Status, Expr::value(status))
         .col_expr(Column::Kind, Expr::value(kind))
         .col_expr(Column::SentAt, Expr::value(now))
         .col_expr(Column::LastError, Expr::value(Option::<String>::None));
     let finished = without_lease(finished)
-        .filter(Column::Id.is_in(ids.iter().copied()))
+        .filter(ids_in(backend, ids))
         .filter(Column::LeaseToken.eq(lease_token));
-    ids_written(db, finished).await
+    returning_ids(backend, finished)
 }
 
-/// Runs `update` and returns the ids of the rows it wrote: `RETURNING id`,
-/// as the callers need nothing else, rather than whole rows (payloads
-/// included) read back and decoded on the writer's lane.
-async fn ids_written(
-    db: &impl ConnectionTrait,
-    update: UpdateMany<Entity>,
-) -> Result<Vec<i64>, StoreError> {
+/// `id IN (ids)`. On PostgreSQL each id is looked up on its own in the
+/// primary key (a lateral subquery per id): a generic plan of `id IN (…)`
+/// made while the outbox was small scans it, and a connection keeps that
+/// plan as the outbox grows.
+fn ids_in(backend: DbBackend, ids: &[i64]) -> SimpleExpr {
+    if backend == DbBackend::Postgres {
+        return Expr::cust_with_values(
+            "\"id\" IN (SELECT held.id FROM unnest($1::bigint[]) AS listed(id) \
+             CROSS JOIN LATERAL ( \
+               SELECT id FROM mail_outbox WHERE mail_outbox.id = listed.id LIMIT 1 \
+             ) AS held)",
+            [ids.to_vec()],
+        );
+    }
+    Column::Id.is_in(ids.iter().copied())
+}
+
+/// `update` returning the ids of the rows it wrote: `RETURNING id`, as the
+/// callers need nothing else, rather than whole rows (payloads included)
+/// read back and decoded on the writer's lane.
+fn returning_ids(backend: DbBackend, update: UpdateMany<Entity>) -> Statement {
     let mut statement = update.into_query();
     statement.returning_col(Column::Id);
-    let rows = db.query_all(&statement).await?;
+    backend.build(&statement)
+}
+
+/// Runs an update built by [`returning_ids`] and returns the ids it wrote.
+async fn ids_written(db: &impl ConnectionTrait, update: Statement) -> Result<Vec<i64>, StoreError> {
+    let rows = db.query_all_raw(update).await?;
     Ok(rows
         .iter()
         .map(|row| row.try_get::<i64>("", Column::Id.as_str()))

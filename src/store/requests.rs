@@ -34,10 +34,31 @@ pub async fn find_many(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
+    let statement = finding_many(db.get_database_backend(), ids);
     Ok(request::Entity::find()
-        .filter(request::Column::Id.is_in(ids.iter().copied()))
+        .from_raw_sql(statement)
         .all(db)
         .await?)
+}
+
+/// The statement of [`find_many`]. On PostgreSQL each id is looked up on
+/// its own in the primary key (a lateral subquery per id): a generic plan of
+/// `id IN (…)` made while the table was small scans it, and a connection
+/// keeps that plan as the table grows.
+pub fn finding_many(backend: DbBackend, ids: &[&str]) -> Statement {
+    if backend == DbBackend::Postgres {
+        return Statement::from_sql_and_values(
+            backend,
+            "SELECT found.* FROM unnest($1::text[]) AS listed(id) \
+             CROSS JOIN LATERAL ( \
+               SELECT * FROM requests WHERE requests.id = listed.id LIMIT 1 \
+             ) AS found",
+            [text_array(ids)],
+        );
+    }
+    request::Entity::find()
+        .filter(request::Column::Id.is_in(ids.iter().copied()))
+        .build(backend)
 }
 
 /// Inserts requests as they are, in one statement. Revoke the open ones

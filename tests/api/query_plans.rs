@@ -4,7 +4,7 @@
 
 use rekey::{
     domain::{Clock, Purpose},
-    store::{accounts, outbox, requests},
+    store::{MailKind, MailStatus, accounts, outbox, requests},
 };
 use sea_orm::{
     ConnectionTrait, DbBackend, QueryResult, QueryTrait, Statement, TransactionTrait,
@@ -246,3 +246,66 @@ async fn a_batchs_accounts_are_looked_up_in_the_email_index(backend: Backend) {
     assert_index_without_table_scan(&plan, backend, by_email, "accounts");
 }
 flow_test!(a_batchs_accounts_are_looked_up_in_the_email_index);
+
+/// The mail worker's read of a batch's earlier requests finds each one by
+/// its primary key even on a table of a hundred rows, where a generic plan
+/// of `id IN (…)` scanned the table (and would keep scanning it as the
+/// requests grew).
+async fn a_batchs_requests_are_looked_up_by_primary_key(backend: Backend) {
+    let app = spawn_app(backend).await;
+    insert_rows(
+        &app,
+        "requests (id, purpose, email, display_name, locale, created_at, expires_at)",
+        100,
+        "'request-' || x, 'sign_up', 'user' || x || '@example.com', 'User', 'en', 0, 1",
+    )
+    .await;
+    let ids: Vec<String> = (0..64).map(|i| format!("request-{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let find = requests::finding_many(app.db.get_database_backend(), &ids);
+    let plan = plan(&app, backend, find, SeqScans::Allowed, &[]).await;
+    let by_id = match backend {
+        Backend::Sqlite => "sqlite_autoindex_requests_1 (id=?)",
+        Backend::Postgres => "requests_pkey",
+    };
+    assert_index_without_table_scan(&plan, backend, by_id, "requests");
+}
+flow_test!(a_batchs_requests_are_looked_up_by_primary_key);
+
+/// The worker's link and outcome writes find a batch's jobs by primary key
+/// even in an outbox of a hundred rows, where a generic plan of `id IN (…)`
+/// scanned it (and would keep scanning it as the outbox grew).
+async fn a_batchs_link_and_outcome_find_its_jobs_by_primary_key(backend: Backend) {
+    let app = spawn_app(backend).await;
+    insert_rows(
+        &app,
+        "mail_outbox (kind, recipient, payload, status, attempts, next_attempt_at, created_at)",
+        100,
+        "'sign_up', 'a@example.com', '{}', 'pending', 0, x, x",
+    )
+    .await;
+    let backend_of_db = app.db.get_database_backend();
+    let ids: Vec<i64> = (1..=64).collect();
+    let links: Vec<(i64, &str, MailKind)> = ids
+        .iter()
+        .map(|id| (*id, "request-1", MailKind::SignUp))
+        .collect();
+    let link = outbox::linking(backend_of_db, "lease", &links).unwrap();
+    let finish = outbox::finishing(
+        backend_of_db,
+        "lease",
+        &ids,
+        MailStatus::Sent,
+        MailKind::SignUp,
+        app.clock.now_millis(),
+    );
+    let by_id = match backend {
+        Backend::Sqlite => "USING INTEGER PRIMARY KEY (rowid=?)",
+        Backend::Postgres => "mail_outbox_pkey",
+    };
+    for statement in [link, finish] {
+        let plan = plan(&app, backend, statement, SeqScans::Allowed, &[]).await;
+        assert_index_without_table_scan(&plan, backend, by_id, "mail_outbox");
+    }
+}
+flow_test!(a_batchs_link_and_outcome_find_its_jobs_by_primary_key);
