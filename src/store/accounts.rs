@@ -46,6 +46,7 @@ pub async fn find_active_by_emails(
 /// is looked up on its own in the unique email index (a lateral subquery
 /// per address): a generic plan of `email IN (…)` made while the table was
 /// small scans the table, and a connection keeps it as the table grows.
+/// There an address listed twice is found twice.
 pub fn finding_active_by_emails(backend: DbBackend, emails: &[&str]) -> Statement {
     let active = AccountStatus::Active.to_value();
     if backend == DbBackend::Postgres {

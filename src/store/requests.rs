@@ -44,7 +44,8 @@ pub async fn find_many(
 /// The statement of [`find_many`]. On PostgreSQL each id is looked up on
 /// its own in the primary key (a lateral subquery per id): a generic plan of
 /// `id IN (…)` made while the table was small scans it, and a connection
-/// keeps that plan as the table grows.
+/// keeps that plan as the table grows. There an id listed twice is found
+/// twice.
 pub fn finding_many(backend: DbBackend, ids: &[&str]) -> Statement {
     if backend == DbBackend::Postgres {
         return Statement::from_sql_and_values(
