@@ -113,6 +113,40 @@ fn assert_index_without_table_scan(plan: &str, backend: Backend, index: &str, ta
     assert!(!plan.contains(&whole_table), "{plan}");
 }
 
+/// `statement`, planned over a small table with sequential scans allowed,
+/// uses `index` (SQLite's or PostgreSQL's, as `backend`) and reads no
+/// table whole.
+async fn assert_small_table_plan_uses(
+    app: &TestApp,
+    backend: Backend,
+    statement: Statement,
+    (sqlite_index, postgres_index): (&str, &str),
+    table: &str,
+) {
+    let plan = plan(app, backend, statement, SeqScans::Allowed, &[]).await;
+    let index = match backend {
+        Backend::Sqlite => sqlite_index,
+        Backend::Postgres => postgres_index,
+    };
+    assert_index_without_table_scan(&plan, backend, index, table);
+}
+
+/// A hundred open sign-up requests, `request-1` for `user1@example.com` on.
+async fn insert_hundred_requests(app: &TestApp) {
+    insert_rows(
+        app,
+        "requests (id, purpose, email, display_name, locale, created_at, expires_at)",
+        100,
+        "'request-' || x, 'sign_up', 'user' || x || '@example.com', 'User', 'en', 0, 1",
+    )
+    .await;
+}
+
+/// 64 strings, one per batch entry, as `name` makes them from 0 on.
+fn batch_of(name: impl Fn(usize) -> String) -> Vec<String> {
+    (0..64).map(name).collect()
+}
+
 /// The worker's claim reads the pending rows' due index in its order, never
 /// the pending rows' `attempts` index (a bitmap scan of it visited every
 /// dead entry on each claim).
@@ -197,14 +231,8 @@ flow_test!(consuming_a_request_looks_it_up_by_its_primary_key);
 /// (and kept scanning it as it grew: 52 ms a batch at 7,000 rows).
 async fn superseding_a_batchs_requests_looks_each_address_up_in_its_index(backend: Backend) {
     let app = spawn_app(backend).await;
-    insert_rows(
-        &app,
-        "requests (id, purpose, email, display_name, locale, created_at, expires_at)",
-        100,
-        "'request-' || x, 'sign_up', 'user' || x || '@example.com', 'User', 'en', 0, 1",
-    )
-    .await;
-    let emails: Vec<String> = (0..64).map(|i| format!("new{i}@example.com")).collect();
+    insert_hundred_requests(&app).await;
+    let emails = batch_of(|i| format!("new{i}@example.com"));
     let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
     let revoke = requests::revoking_open_of_emails(
         app.db.get_database_backend(),
@@ -212,13 +240,8 @@ async fn superseding_a_batchs_requests_looks_each_address_up_in_its_index(backen
         &emails,
         app.clock.now_millis(),
     );
-    let plan = plan(&app, backend, revoke, SeqScans::Allowed, &[]).await;
-    assert_index_without_table_scan(
-        &plan,
-        backend,
-        "requests_one_open_per_email_purpose",
-        "requests",
-    );
+    let open_index = "requests_one_open_per_email_purpose";
+    assert_small_table_plan_uses(&app, backend, revoke, (open_index, open_index), "requests").await;
 }
 flow_test!(superseding_a_batchs_requests_looks_each_address_up_in_its_index);
 
@@ -235,15 +258,14 @@ async fn a_batchs_accounts_are_looked_up_in_the_email_index(backend: Backend) {
         "'account-' || x, 'user' || x || '@example.com', 'User', 'hash', 'active', 'en', 0, 0",
     )
     .await;
-    let emails: Vec<String> = (0..64).map(|i| format!("user{i}@example.com")).collect();
+    let emails = batch_of(|i| format!("user{i}@example.com"));
     let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
     let find = accounts::finding_active_by_emails(app.db.get_database_backend(), &emails);
-    let plan = plan(&app, backend, find, SeqScans::Allowed, &[]).await;
-    let by_email = match backend {
-        Backend::Sqlite => "USING INDEX sqlite_autoindex_accounts_2 (email=?)",
-        Backend::Postgres => "accounts_email_key",
-    };
-    assert_index_without_table_scan(&plan, backend, by_email, "accounts");
+    let by_email = (
+        "USING INDEX sqlite_autoindex_accounts_2 (email=?)",
+        "accounts_email_key",
+    );
+    assert_small_table_plan_uses(&app, backend, find, by_email, "accounts").await;
 }
 flow_test!(a_batchs_accounts_are_looked_up_in_the_email_index);
 
@@ -253,22 +275,12 @@ flow_test!(a_batchs_accounts_are_looked_up_in_the_email_index);
 /// requests grew).
 async fn a_batchs_requests_are_looked_up_by_primary_key(backend: Backend) {
     let app = spawn_app(backend).await;
-    insert_rows(
-        &app,
-        "requests (id, purpose, email, display_name, locale, created_at, expires_at)",
-        100,
-        "'request-' || x, 'sign_up', 'user' || x || '@example.com', 'User', 'en', 0, 1",
-    )
-    .await;
-    let ids: Vec<String> = (0..64).map(|i| format!("request-{i}")).collect();
+    insert_hundred_requests(&app).await;
+    let ids = batch_of(|i| format!("request-{i}"));
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     let find = requests::finding_many(app.db.get_database_backend(), &ids);
-    let plan = plan(&app, backend, find, SeqScans::Allowed, &[]).await;
-    let by_id = match backend {
-        Backend::Sqlite => "sqlite_autoindex_requests_1 (id=?)",
-        Backend::Postgres => "requests_pkey",
-    };
-    assert_index_without_table_scan(&plan, backend, by_id, "requests");
+    let by_id = ("sqlite_autoindex_requests_1 (id=?)", "requests_pkey");
+    assert_small_table_plan_uses(&app, backend, find, by_id, "requests").await;
 }
 flow_test!(a_batchs_requests_are_looked_up_by_primary_key);
 
@@ -299,13 +311,9 @@ async fn a_batchs_link_and_outcome_find_its_jobs_by_primary_key(backend: Backend
         MailKind::SignUp,
         app.clock.now_millis(),
     );
-    let by_id = match backend {
-        Backend::Sqlite => "USING INTEGER PRIMARY KEY (rowid=?)",
-        Backend::Postgres => "mail_outbox_pkey",
-    };
+    let by_id = ("USING INTEGER PRIMARY KEY (rowid=?)", "mail_outbox_pkey");
     for statement in [link, finish] {
-        let plan = plan(&app, backend, statement, SeqScans::Allowed, &[]).await;
-        assert_index_without_table_scan(&plan, backend, by_id, "mail_outbox");
+        assert_small_table_plan_uses(&app, backend, statement, by_id, "mail_outbox").await;
     }
 }
 flow_test!(a_batchs_link_and_outcome_find_its_jobs_by_primary_key);
