@@ -98,6 +98,9 @@ impl SqliteWriter {
 
     /// Opens `path` for writing with the settings of sqlx's connections:
     /// WAL, foreign keys on, `synchronous = FULL` (a commit is on disk).
+    /// Statement and savepoint journals stay in memory (`temp_store`): they
+    /// only undo a statement or savepoint within a transaction, and past
+    /// 64 KiB SQLite spilled them to a temporary file, a write per page.
     /// Checkpoints run on a thread of their own.
     pub fn open(path: &Path, observer: Option<StatementObserver>) -> Result<Self, StoreError> {
         let connection = Connection::open_with_flags(
@@ -107,7 +110,7 @@ impl SqliteWriter {
         connection.busy_timeout(BUSY_TIMEOUT)?;
         connection.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-             PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES};"
+             PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES};"
         ))?;
         connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let checkpoints = start_checkpoints(path)?;
@@ -719,6 +722,22 @@ mod tests {
             );
             tokio::time::sleep(CHECKPOINT_EVERY / 4).await;
         }
+    }
+
+    #[tokio::test]
+    async fn commits_reach_the_disk_and_statement_journals_stay_in_memory() {
+        let db = store::migrated_sqlite_file().await;
+        let writer = writer(&db.url);
+        let state = writer.state.lock().unwrap();
+        let setting = |name: &str| -> i64 {
+            state
+                .connection
+                .query_row(&format!("PRAGMA {name}"), [], |row| row.get(0))
+                .unwrap()
+        };
+        // FULL: every commit is synced; MEMORY: never spilled to a file.
+        assert_eq!(setting("synchronous"), 2);
+        assert_eq!(setting("temp_store"), 2);
     }
 
     #[test]
