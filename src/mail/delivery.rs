@@ -596,6 +596,13 @@ async fn open_fresh_requests(
         return Ok(());
     }
     const SUPERSEDED: &str = "superseded by a new request";
+    let openings: Vec<(Purpose, &str)> = fresh
+        .iter()
+        .map(|link| (link.request.purpose, link.request.email.as_str()))
+        .collect();
+    requests::hold_openings(tx, &openings)
+        .await
+        .context("waiting for other batches opening requests for the same addresses")?;
     let mut revoked_hints = Vec::new();
     for purpose in [Purpose::Reset, Purpose::SignUp] {
         let emails: Vec<&str> = fresh

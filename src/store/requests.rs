@@ -1,5 +1,7 @@
 //! Reset and sign-up requests, and the digests of the tokens minted for them.
 
+use std::collections::BTreeSet;
+
 use sea_orm::{
     ActiveEnum,
     ActiveValue::Set,
@@ -7,6 +9,7 @@ use sea_orm::{
     QueryTrait, Statement, UpdateMany,
     sea_query::{Expr, ExprTrait, Func, Query},
 };
+use sha2::{Digest, Sha256};
 
 use super::{
     StoreError,
@@ -195,6 +198,54 @@ pub async fn revoke_open(
         update = update.filter(request::Column::Purpose.eq(purpose));
     }
     Ok(update.exec(db).await?.rows_affected)
+}
+
+/// Holds, until the transaction ends, the opening of requests for these
+/// addresses and purposes. On PostgreSQL two mail batches opening requests
+/// for the same address at once (the worker has two in flight) collided on
+/// the open requests' unique index: the later insert failed once the first
+/// committed, and its whole batch was written again link by link. Holding
+/// the address first, the later batch waits, then supersedes the request the
+/// first one opened. The locks are taken in one order, so two batches cannot
+/// wait on each other. SQLite has one writer: nothing to hold.
+pub async fn hold_openings(
+    db: &impl ConnectionTrait,
+    openings: &[(Purpose, &str)],
+) -> Result<(), StoreError> {
+    if openings.is_empty() || db.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    db.execute_raw(holding_openings(openings)).await?;
+    Ok(())
+}
+
+/// The statement of [`hold_openings`] on PostgreSQL: a transaction-scoped
+/// advisory lock per address and purpose, in ascending key order.
+pub fn holding_openings(openings: &[(Purpose, &str)]) -> Statement {
+    let keys: Vec<i64> = openings
+        .iter()
+        .map(|(purpose, email)| opening_key(*purpose, email))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_advisory_xact_lock(key) FROM unnest($1::bigint[]) AS held(key)",
+        [keys.into()],
+    )
+}
+
+/// The advisory lock key of opening a request of `purpose` for `email`.
+fn opening_key(purpose: Purpose, email: &str) -> i64 {
+    let digest = Sha256::new()
+        .chain_update(b"rekey.requests.open\0")
+        .chain_update(purpose.to_value().as_bytes())
+        .chain_update(b"\0")
+        .chain_update(email.as_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
 }
 
 /// Revokes the open requests of `purpose` of every address in `emails`, in

@@ -5,14 +5,18 @@
 use std::time::Duration;
 
 use rekey::{
-    domain::Clock,
+    domain::{Clock, Purpose},
     store::{
         AuditKind, MailKind, MailStatus,
-        entities::{audit_event, mail_outbox},
+        entities::{audit_event, mail_outbox, request},
         outbox::{self, MailIntent, MailJob},
+        requests::{self, Request},
     },
 };
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, Statement, TransactionTrait,
+};
 
 use crate::{
     config::Run,
@@ -437,3 +441,83 @@ async fn mail_in_hand_when_the_server_stops_is_sent_and_recorded_first(backend: 
         }
     }
 }
+
+/// An open reset request for jane, named `id`.
+fn jane_reset(id: &str, now: i64) -> Request {
+    Request {
+        id: id.to_owned(),
+        purpose: Purpose::Reset,
+        email: "jane@example.com".to_owned(),
+        account_id: None,
+        display_name: "Jane".to_owned(),
+        locale: "en".to_owned(),
+        created_at: now,
+        expires_at: now + 60_000,
+        consumed_at: None,
+        revoked_at: None,
+    }
+}
+
+/// What a mail batch does to open jane's request `id`, in `tx`: hold the
+/// opening, supersede her open request, open the new one. Returns the
+/// addresses whose requests it revoked.
+async fn open_janes_request(tx: &DatabaseTransaction, id: &str, now: i64) -> Vec<String> {
+    let jane = "jane@example.com";
+    requests::hold_openings(tx, &[(Purpose::Reset, jane)])
+        .await
+        .unwrap();
+    let revoked = requests::revoke_open_of_emails(tx, Purpose::Reset, &[jane], now)
+        .await
+        .unwrap();
+    requests::insert_many(tx, &[jane_reset(id, now)])
+        .await
+        .unwrap();
+    revoked
+}
+
+/// Two mail batches opening a request for the same address at once (the
+/// worker has two in flight): the second waits for the first to commit and
+/// supersedes its request. It used to fail on the open requests' unique
+/// index once the first committed, and its whole batch was written again
+/// link by link.
+async fn batches_opening_requests_for_one_address_take_turns(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let now = app.clock.now_millis();
+    let first = app.db.begin().await.unwrap();
+    assert!(open_janes_request(&first, "first", now).await.is_empty());
+    let db = app.db.clone();
+    let second = tokio::spawn(async move {
+        let tx = db.begin().await.unwrap();
+        let revoked = open_janes_request(&tx, "second", now).await;
+        tx.commit().await.unwrap();
+        revoked
+    });
+    if backend == Backend::Postgres {
+        eventually("the second batch waits for the first", || async {
+            let waiting = app
+                .db
+                .query_one_raw(Statement::from_string(
+                    DbBackend::Postgres,
+                    "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                ))
+                .await
+                .unwrap()
+                .and_then(|row| row.try_get::<i64>("", "n").ok())
+                .unwrap_or(0);
+            (waiting > 0).then_some(())
+        })
+        .await;
+    }
+    first.commit().await.unwrap();
+    assert_eq!(second.await.unwrap(), vec!["jane@example.com".to_owned()]);
+    let open: Vec<String> = request::Entity::find()
+        .filter(request::Column::RevokedAt.is_null())
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|request| request.id)
+        .collect();
+    assert_eq!(open, vec!["second".to_owned()]);
+}
+flow_test!(batches_opening_requests_for_one_address_take_turns);
