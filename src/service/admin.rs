@@ -271,12 +271,12 @@ pub async fn retry_mail(
             .is_some_and(|r| r.state(now) == RequestState::Open),
         None => true,
     };
-    if !admin::requeue_dead(&ctx.db, job.id, request_open, now)
+    let Some(requeued) = admin::requeue_dead(&ctx.db, job.id, request_open, now)
         .await
         .context("requeueing the dead letter")?
-    {
+    else {
         return Err(ServiceError::FailedPrecondition("MAIL_NOT_DEAD"));
-    }
+    };
     audit::record(
         &ctx.db,
         AuditKind::MailRetried,
@@ -293,11 +293,8 @@ pub async fn retry_mail(
     .context("auditing the retry")?;
     ctx.mail_wake.notify_one();
     tracing::info!(job = job.id, "dead letter requeued by an operator");
-    let job = admin::find_mail(&ctx.db, mail_id)
-        .await
-        .context("reading the requeued job")?
-        .ok_or(ServiceError::NotFound("MAIL_NOT_FOUND"))?;
-    Ok(mail_view(job))
+    // As requeued: read again, it could already be the worker's next attempt.
+    Ok(mail_view(requeued))
 }
 
 /// What to list from the audit trail, as the caller gave it.

@@ -132,13 +132,14 @@ pub async fn find_mail(db: &impl ConnectionTrait, id: i64) -> Result<Option<Mail
 
 /// Puts a dead letter back in the queue, due at `now`, with fresh attempts.
 /// `keep_request` false unlinks its request, so the worker opens a new one.
-/// False when the job is not (or no longer) dead.
+/// Returns the job as requeued (the worker may claim it at once), or `None`
+/// when it is not (or no longer) dead.
 pub async fn requeue_dead(
     db: &impl ConnectionTrait,
     id: i64,
     keep_request: bool,
     now: i64,
-) -> Result<bool, StoreError> {
+) -> Result<Option<mail_outbox::Model>, StoreError> {
     let mut update = mail_outbox::Entity::update_many()
         .col_expr(
             mail_outbox::Column::Status,
@@ -160,12 +161,12 @@ pub async fn requeue_dead(
             Expr::value(Option::<String>::None),
         );
     }
-    let result = update
+    let mut requeued = update
         .filter(mail_outbox::Column::Id.eq(id))
         .filter(super::outbox::status_is(MailStatus::Dead))
-        .exec(db)
+        .exec_with_returning(db)
         .await?;
-    Ok(result.rows_affected == 1)
+    Ok(requeued.pop())
 }
 
 /// Which audit events to list.
