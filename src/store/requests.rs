@@ -221,7 +221,7 @@ pub async fn hold_openings(
 
 /// The statement of [`hold_openings`] on PostgreSQL: a transaction-scoped
 /// advisory lock per address and purpose, in ascending key order.
-pub fn holding_openings(openings: &[(Purpose, &str)]) -> Statement {
+fn holding_openings(openings: &[(Purpose, &str)]) -> Statement {
     let keys: Vec<i64> = openings
         .iter()
         .map(|(purpose, email)| opening_key(*purpose, email))

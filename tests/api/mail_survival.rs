@@ -498,7 +498,9 @@ async fn batches_opening_requests_for_one_address_take_turns(backend: Backend) {
                 .db
                 .query_one_raw(Statement::from_string(
                     DbBackend::Postgres,
-                    "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                    "SELECT count(*) AS n FROM pg_locks \
+                     WHERE locktype = 'advisory' AND NOT granted AND database = \
+                       (SELECT oid FROM pg_database WHERE datname = current_database())",
                 ))
                 .await
                 .unwrap()
