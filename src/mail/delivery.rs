@@ -221,7 +221,7 @@ impl Delivery {
                 tokio::spawn(
                     async move {
                         // lettre parks a finished send's connection from a
-                        // task it spawns; spawned after it, this send would
+                        // task it spawns; spawned after it, this send could
                         // run first, find the pool empty and open another
                         // connection, which the pool then closes. Yielding
                         // lets the connection come back first (new SMTP
