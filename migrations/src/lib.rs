@@ -11,6 +11,7 @@ mod m20261130_000002_mail_lease_token;
 mod m20261201_000001_mail_trace_context;
 mod m20261201_000002_mail_outbox_exhausted_index;
 mod m20261206_000001_pending_mail_indexes;
+mod m20261207_000001_admin_read_indexes;
 
 /// Applies rekey's migrations in order.
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_mail_trace_context::Migration),
             Box::new(m20261201_000002_mail_outbox_exhausted_index::Migration),
             Box::new(m20261206_000001_pending_mail_indexes::Migration),
+            Box::new(m20261207_000001_admin_read_indexes::Migration),
         ]
     }
 }

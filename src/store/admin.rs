@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, Order, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, sea_query::Expr,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, Iterable, Order,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement,
+    sea_query::{Expr, ExprTrait},
 };
 
 use super::{
@@ -14,6 +15,7 @@ use super::{
     entities::{audit_event, mail_outbox, request},
     outbox::MailJob,
     requests::Request,
+    text_array,
 };
 use crate::domain::{Purpose, RequestState};
 
@@ -35,27 +37,33 @@ pub async fn list_requests(
     limit: u64,
     now: i64,
 ) -> Result<Vec<Request>, StoreError> {
+    Ok(listing_requests(filter, after, limit, now).all(db).await?)
+}
+
+/// The query of [`list_requests`]: it reads the requests' newest-first
+/// index from the page's key on.
+pub fn listing_requests(
+    filter: RequestFilter,
+    after: Option<(i64, String)>,
+    limit: u64,
+    now: i64,
+) -> Select<request::Entity> {
     let mut query = request::Entity::find().filter(in_state(filter.state, now));
     if let Some(purpose) = filter.purpose {
         query = query.filter(request::Column::Purpose.eq(purpose));
     }
     if let Some((created_at, id)) = after {
-        query = query.filter(
-            Condition::any()
-                .add(request::Column::CreatedAt.lt(created_at))
-                .add(
-                    Condition::all()
-                        .add(request::Column::CreatedAt.eq(created_at))
-                        .add(request::Column::Id.lt(id)),
-                ),
-        );
+        // A row value, which both databases read as one range of the index.
+        let key = Expr::tuple([
+            Expr::col(request::Column::CreatedAt),
+            Expr::col(request::Column::Id),
+        ]);
+        query = query.filter(key.lt(Expr::tuple([Expr::value(created_at), Expr::value(id)])));
     }
-    Ok(query
+    query
         .order_by(request::Column::CreatedAt, Order::Desc)
         .order_by(request::Column::Id, Order::Desc)
         .limit(limit)
-        .all(db)
-        .await?)
 }
 
 /// The condition [`RequestState::at`] gives `state` for, in SQL.
@@ -85,20 +93,44 @@ pub async fn mails_sent(
     if request_ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let counts: Vec<(Option<String>, i64)> = mail_outbox::Entity::find()
+    let ids: Vec<&str> = request_ids.iter().map(String::as_str).collect();
+    let counting = counting_sent_mail(db.get_database_backend(), &ids);
+    let mut counts = HashMap::with_capacity(ids.len());
+    for row in db.query_all_raw(counting).await? {
+        let request_id: Option<String> = row.try_get("", "request_id")?;
+        let sent: i64 = row.try_get("", "sent")?;
+        if let Some(request_id) = request_id {
+            counts.insert(request_id, u64::try_from(sent).unwrap_or(0));
+        }
+    }
+    Ok(counts)
+}
+
+/// The statement of [`mails_sent`]: it reads the sent mail's index by
+/// request, never the outbox whole. On PostgreSQL each id is counted on its
+/// own (a subquery per id): a generic plan of `request_id IN (…)` made
+/// while the outbox was small would scan it, and a connection keeps that
+/// plan as the outbox grows.
+pub fn counting_sent_mail(backend: DbBackend, request_ids: &[&str]) -> Statement {
+    if backend == DbBackend::Postgres {
+        return Statement::from_sql_and_values(
+            backend,
+            "SELECT listed.id AS request_id, ( \
+               SELECT count(*) FROM mail_outbox \
+               WHERE mail_outbox.request_id = listed.id AND mail_outbox.status = 'sent' \
+             ) AS sent \
+             FROM unnest($1::text[]) AS listed(id)",
+            [text_array(request_ids)],
+        );
+    }
+    mail_outbox::Entity::find()
         .select_only()
         .column(mail_outbox::Column::RequestId)
         .column_as(mail_outbox::Column::Id.count(), "sent")
-        .filter(mail_outbox::Column::RequestId.is_in(request_ids.iter().cloned()))
-        .filter(mail_outbox::Column::Status.eq(MailStatus::Sent))
+        .filter(mail_outbox::Column::RequestId.is_in(request_ids.iter().copied()))
+        .filter(super::outbox::status_is(MailStatus::Sent))
         .group_by(mail_outbox::Column::RequestId)
-        .into_tuple()
-        .all(db)
-        .await?;
-    Ok(counts
-        .into_iter()
-        .filter_map(|(id, n)| Some((id?, u64::try_from(n).unwrap_or(0))))
-        .collect())
+        .build(backend)
 }
 
 /// Mail jobs, newest first, with ids below `before_id`.
@@ -225,16 +257,15 @@ pub struct OutboxDepth {
     pub oldest_pending: Option<i64>,
 }
 
-/// Two aggregate reads of the outbox, for `GetStats` and the metrics.
+/// The outbox counted by status, one count per status from that status's
+/// own partial index, and when its oldest pending job was queued; for
+/// `GetStats` and the metrics.
 pub async fn outbox_depth(db: &impl ConnectionTrait) -> Result<OutboxDepth, StoreError> {
-    let by_status: Vec<(MailStatus, i64)> = mail_outbox::Entity::find()
-        .select_only()
-        .column(mail_outbox::Column::Status)
-        .column_as(mail_outbox::Column::Id.count(), "n")
-        .group_by(mail_outbox::Column::Status)
-        .into_tuple()
-        .all(db)
-        .await?;
+    let mut by_status = HashMap::new();
+    for status in MailStatus::iter() {
+        let counted: Option<i64> = counting_status(status).into_tuple().one(db).await?;
+        by_status.insert(status, u64::try_from(counted.unwrap_or(0)).unwrap_or(0));
+    }
     let oldest_pending: Option<Option<i64>> = mail_outbox::Entity::find()
         .select_only()
         .column_as(mail_outbox::Column::CreatedAt.min(), "oldest")
@@ -243,12 +274,18 @@ pub async fn outbox_depth(db: &impl ConnectionTrait) -> Result<OutboxDepth, Stor
         .one(db)
         .await?;
     Ok(OutboxDepth {
-        by_status: by_status
-            .into_iter()
-            .map(|(status, n)| (status, u64::try_from(n).unwrap_or(0)))
-            .collect(),
+        by_status,
         oldest_pending: oldest_pending.flatten(),
     })
+}
+
+/// The count of the outbox's rows in `status`, which the status's partial
+/// index serves (the status is written into the statement).
+pub fn counting_status(status: MailStatus) -> Select<mail_outbox::Entity> {
+    mail_outbox::Entity::find()
+        .select_only()
+        .column_as(Expr::cust("COUNT(*)"), "n")
+        .filter(super::outbox::status_is(status))
 }
 
 pub async fn stats(db: &impl ConnectionTrait, now: i64) -> Result<Stats, StoreError> {
