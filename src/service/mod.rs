@@ -31,7 +31,7 @@ pub use verify_token::{TokenInfo, verify_token};
 use crate::{
     domain::{Clock, FieldError, PasswordPolicy, ResetUrl, ResetUrlAllowList},
     security::hashing::PasswordHasher,
-    store::{audit::AuditQueue, group_commit::GroupCommit, sqlite_reads::SqliteReads},
+    store::{audit::AuditQueue, group_commit::GroupCommit, token_reads::TokenReads},
     telemetry::metrics::Metrics,
 };
 
@@ -39,8 +39,9 @@ use crate::{
 #[derive(Clone)]
 pub struct ServiceContext {
     pub db: DatabaseConnection,
-    /// Hot-path reads that skip sqlx's worker threads (SQLite files only).
-    pub sqlite_reads: Option<Arc<SqliteReads>>,
+    /// Finds a token's request: on the calling thread on a SQLite file,
+    /// in batches on PostgreSQL.
+    pub token_reads: TokenReads,
     pub hasher: PasswordHasher,
     pub password_policy: PasswordPolicy,
     pub default_reset_url: Option<ResetUrl>,

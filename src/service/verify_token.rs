@@ -5,11 +5,7 @@
 use super::{ServiceContext, ServiceError, TokenProblem};
 use crate::{
     domain::{FieldError, Purpose, RequestState, Token, mask},
-    store::{
-        AuditKind, StoreContext,
-        audit::AuditEvent,
-        requests::{self, Request},
-    },
+    store::{AuditKind, StoreContext, audit::AuditEvent, requests::Request},
 };
 
 /// What a usable token is for.
@@ -59,14 +55,12 @@ pub(super) async fn usable_request(
         )]));
     }
     let token = Token::parse(raw_token).ok_or(ServiceError::Token(TokenProblem::Invalid))?;
-    let request = requests::find_by_token_digest(
-        &ctx.db,
-        ctx.sqlite_reads.as_deref(),
-        token.digest().as_str(),
-    )
-    .await
-    .context("finding the token's request")?
-    .ok_or(ServiceError::Token(TokenProblem::Invalid))?;
+    let request = ctx
+        .token_reads
+        .request_by_token_digest(token.digest().as_str())
+        .await
+        .context("finding the token's request")?
+        .ok_or(ServiceError::Token(TokenProblem::Invalid))?;
     match request.state(now) {
         RequestState::Open => Ok(request),
         closed => Err(ServiceError::Token(problem(closed))),

@@ -40,7 +40,7 @@ use crate::{
     service::{Admission, Readiness, RetentionPolicy, ServiceContext, run_retention},
     store::{
         self, audit::AuditQueue, group_commit::GroupCommit, sqlite_reads::SqliteReads,
-        sqlite_writes::SqliteWriter,
+        sqlite_writes::SqliteWriter, token_reads::TokenReads,
     },
     telemetry::{
         endpoint,
@@ -208,7 +208,7 @@ impl App {
             }
         };
         let ctx = ServiceContext {
-            sqlite_reads,
+            token_reads: TokenReads::start(&db, sqlite_reads),
             writes: writes.clone(),
             audit: audit.clone(),
             db: db.clone(),

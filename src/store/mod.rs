@@ -13,6 +13,7 @@ pub mod requests;
 pub mod retention;
 pub mod sqlite_reads;
 pub mod sqlite_writes;
+pub mod token_reads;
 
 use std::{
     collections::HashSet,
@@ -79,18 +80,23 @@ impl StoreFailure {
     /// The same failure again, for each of several callers it failed: a
     /// database error is kept as it is, others by their message.
     pub fn duplicate(&self) -> StoreFailure {
-        let source = match &self.source {
-            StoreError::Database(error) => StoreError::Database(error.clone()),
-            other => StoreError::Database(DbErr::Custom(format!("{other:#}"))),
-        };
         StoreFailure {
             doing: self.doing,
-            source,
+            source: self.source.duplicate(),
         }
     }
 }
 
 impl StoreError {
+    /// The same error again, for each of several callers it failed: a
+    /// database error is kept as it is, others by their message.
+    pub fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::Database(error) => StoreError::Database(error.clone()),
+            other => StoreError::Database(DbErr::Custom(format!("{other:#}"))),
+        }
+    }
+
     /// True for errors that mean "the database is not reachable right now":
     /// no connection, a connection lost mid-query, a server shutting down
     /// (SQLSTATE 08xxx, 57Pxx) or a SQLite file locked past the busy timeout.

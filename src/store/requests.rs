@@ -7,14 +7,13 @@ use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, IdenStatic, QueryFilter,
     QueryTrait, Statement, UpdateMany,
-    sea_query::{Expr, ExprTrait, Func, Query},
+    sea_query::{Expr, ExprTrait, Func},
 };
 use sha2::{Digest, Sha256};
 
 use super::{
     StoreError,
     entities::{request, request_token},
-    sqlite_reads::SqliteReads,
     text_array,
 };
 use crate::domain::Purpose;
@@ -73,27 +72,6 @@ pub async fn insert_many(db: &impl ConnectionTrait, rows: &[Request]) -> Result<
         .exec_without_returning(db)
         .await?;
     Ok(())
-}
-
-/// The request a token digest belongs to, if any. One query: on the
-/// calling thread where a SQLite file's direct reads are given.
-pub async fn find_by_token_digest(
-    db: &impl ConnectionTrait,
-    direct: Option<&SqliteReads>,
-    digest: &str,
-) -> Result<Option<Request>, StoreError> {
-    if let Some(direct) = direct {
-        return direct.request_by_token_digest(digest);
-    }
-    let owner = Query::select()
-        .column(request_token::Column::RequestId)
-        .from(request_token::Entity)
-        .and_where(request_token::Column::Digest.eq(digest))
-        .to_owned();
-    Ok(request::Entity::find()
-        .filter(request::Column::Id.in_subquery(owner))
-        .one(db)
-        .await?)
 }
 
 /// Records the digest of a newly minted token for a request.

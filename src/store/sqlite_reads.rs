@@ -133,7 +133,7 @@ fn request_from_row(row: &Row<'_>) -> rusqlite::Result<Request> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{self, accounts, requests};
+    use crate::store::{self, accounts, requests, token_reads::TokenReads};
 
     fn stored_request(id: &str, email: &str) -> Request {
         request::Model {
@@ -179,10 +179,9 @@ mod tests {
             .unwrap();
 
         let direct = SqliteReads::open(&url, None).unwrap().unwrap();
+        let through_pool = TokenReads::start(&db, None);
         for digest in ["d1", "d2", "d3", "unknown"] {
-            let expected = requests::find_by_token_digest(&db, None, digest)
-                .await
-                .unwrap();
+            let expected = through_pool.request_by_token_digest(digest).await.unwrap();
             let read = direct.request_by_token_digest(digest).unwrap();
             assert_eq!(read, expected, "digest {digest}");
         }

@@ -4,7 +4,7 @@
 
 use rekey::{
     domain::{Clock, Purpose, RequestState},
-    store::{MailKind, MailStatus, accounts, admin, outbox, requests},
+    store::{MailKind, MailStatus, accounts, admin, outbox, requests, token_reads},
 };
 use sea_orm::{
     ConnectionTrait, DbBackend, QueryResult, QueryTrait, Statement, TransactionTrait,
@@ -287,6 +287,39 @@ async fn a_batchs_requests_are_looked_up_by_primary_key(backend: Backend) {
     assert_small_table_plan_uses(&app, backend, find, by_id, "requests").await;
 }
 flow_test!(a_batchs_requests_are_looked_up_by_primary_key);
+
+/// A batch of `VerifyToken` lookups on PostgreSQL finds each digest in
+/// `request_tokens`' primary key and its request in `requests`', even over
+/// tables of a hundred rows (SQLite reads one token at a time, directly).
+#[tokio::test]
+async fn a_batch_of_token_lookups_reads_both_primary_keys_on_postgres() {
+    let app = spawn_app(Backend::Postgres).await;
+    // Open requests: retention would purge expired ones under the tokens.
+    insert_rows(
+        &app,
+        "requests (id, purpose, email, display_name, locale, created_at, expires_at)",
+        100,
+        "'request-' || x, 'sign_up', 'user' || x || '@example.com', 'User', 'en', 0, 9000000000000",
+    )
+    .await;
+    insert_rows(
+        &app,
+        "request_tokens (digest, request_id, created_at)",
+        100,
+        "'digest-' || x, 'request-' || x, 0",
+    )
+    .await;
+    let digests = batch_of(|i| format!("digest-{i}"));
+    let digests: Vec<&str> = digests.iter().map(String::as_str).collect();
+    let find = token_reads::finding_by_token_digests(&digests);
+    let plan = plan(&app, Backend::Postgres, find, SeqScans::Allowed, &[]).await;
+    for (index, table) in [
+        ("request_tokens_pkey", "request_tokens"),
+        ("requests_pkey", "requests"),
+    ] {
+        assert_index_without_table_scan(&plan, Backend::Postgres, index, table);
+    }
+}
 
 /// The worker's link and outcome writes find a batch's jobs by primary key
 /// even in an outbox of a hundred rows, where a generic plan of `id IN (…)`

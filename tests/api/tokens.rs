@@ -1,6 +1,7 @@
 use futures::future::join_all;
 use std::time::Duration;
 
+use rekey::grpc::pb::{self, Purpose};
 use rekey::store::{
     AuditKind, MailStatus,
     entities::{audit_event, mail_outbox, request},
@@ -343,3 +344,64 @@ async fn a_batch_revocation_revokes_only_the_open_requests_it_names(backend: Bac
     assert_eq!(revoked_ids, ["open-jane", "open-joe"]);
 }
 flow_test!(a_batch_revocation_revokes_only_the_open_requests_it_names);
+
+/// Verifications that arrive together (on PostgreSQL, answered by one
+/// statement) each get the answer for their own token.
+async fn concurrent_verifications_each_get_their_own_token_answered(backend: Backend) {
+    let mut app = spawn_app(backend).await;
+    let mut open = Vec::new();
+    for (email, hint) in [
+        ("ann@example.com", "a***@example.com"),
+        ("bob@example.com", "b***@example.com"),
+        ("cid@example.com", "c***@example.com"),
+    ] {
+        app.create_account(email, "Someone").await;
+        let token = reset_token_for(&mut app, email).await;
+        open.push((token, hint, Purpose::Reset));
+    }
+    app.sign_up("dee@example.com", "Dee").await.unwrap();
+    let token = app
+        .mailbox
+        .wait_for("dee@example.com", 1)
+        .await
+        .remove(0)
+        .token();
+    open.push((token, "d***@example.com", Purpose::SignUp));
+    app.create_account("eve@example.com", "Eve").await;
+    let used = reset_token_for(&mut app, "eve@example.com").await;
+    app.reset_password(&used, "a brand new passphrase")
+        .await
+        .unwrap();
+    let unknown = "A".repeat(43);
+
+    let kinds = open.len() + 2;
+    let calls = (0..10 * kinds).map(|i| {
+        let mut client = app.reset.clone();
+        let token = match i % kinds {
+            k if k < open.len() => open[k].0.clone(),
+            k if k == open.len() => used.clone(),
+            _ => unknown.clone(),
+        };
+        async move {
+            let answer = client
+                .verify_token(pb::VerifyTokenRequest { token })
+                .await
+                .map(tonic::Response::into_inner);
+            (i % kinds, answer)
+        }
+    });
+    for (kind, answer) in join_all(calls).await {
+        if let Some((_, hint, purpose)) = open.get(kind) {
+            let answer = answer.unwrap();
+            assert_eq!(answer.email_hint, *hint);
+            assert_eq!(answer.purpose(), *purpose);
+        } else if kind == open.len() {
+            let status = answer.unwrap_err();
+            assert_error(&status, tonic::Code::FailedPrecondition, Some("TOKEN_USED"));
+        } else {
+            let status = answer.unwrap_err();
+            assert_error(&status, tonic::Code::NotFound, Some("TOKEN_INVALID"));
+        }
+    }
+}
+flow_test!(concurrent_verifications_each_get_their_own_token_answered);
