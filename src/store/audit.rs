@@ -1,7 +1,9 @@
 //! Audit events: who did what, when, without secrets.
 
 use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, ConnectionTrait, EntityTrait};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
     AuditKind, StoreError, StoreFailure,
@@ -87,9 +89,14 @@ pub async fn record_revocations(
 const QUEUE_DEPTH: usize = 8192;
 /// Most events taken from the queue for one batch.
 const MAX_ROWS: usize = 512;
+/// Batches being written at once (in separate group commits, so on
+/// PostgreSQL on separate lanes and connections).
+const WRITES_IN_FLIGHT: usize = 4;
 
 /// Audit events recorded off the caller's path (a verification's): queued,
-/// then written many to a statement in one group-committed write. Cheap to
+/// then written many to a statement in group-committed writes, several at
+/// once (one at a time, each write's round trips and commit bounded the
+/// events written per second, and full queues made callers wait). Cheap to
 /// clone; [`Self::flush`] waits until everything queued so far is written.
 #[derive(Clone)]
 pub struct AuditQueue {
@@ -138,8 +145,15 @@ impl AuditQueue {
 }
 
 async fn write_queued(writes: GroupCommit, mut queued: mpsc::Receiver<Entry>) {
+    let slots = Arc::new(Semaphore::new(WRITES_IN_FLIGHT));
     let mut entries = Vec::with_capacity(MAX_ROWS);
-    while queued.recv_many(&mut entries, MAX_ROWS).await > 0 {
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        if queued.recv_many(&mut entries, MAX_ROWS).await == 0 {
+            break;
+        }
         let mut rows = Vec::with_capacity(entries.len());
         let mut flushes = Vec::new();
         for entry in entries.drain(..) {
@@ -148,18 +162,66 @@ async fn write_queued(writes: GroupCommit, mut queued: mpsc::Receiver<Entry>) {
                 Entry::Flush(done) => flushes.push(done),
             }
         }
-        let events = rows.len();
-        if events > 0 {
-            // The events join the batch's other rows: no statement of their own.
-            let rows = rows.into_iter().fold(Rows::default(), Rows::audit);
-            let written = writes.insert::<StoreFailure>(rows).await;
-            if let Err(error) = written {
-                let error = anyhow::Error::new(error);
-                tracing::warn!(error = format!("{error:#}"), events, "audit events lost");
+        let writes = writes.clone();
+        tokio::spawn(async move {
+            write(&writes, rows).await;
+            drop(slot);
+        });
+        if !flushes.is_empty() {
+            let _all_written = all_written(&slots).await;
+            for done in flushes {
+                let _ = done.send(());
             }
         }
-        for done in flushes {
-            let _ = done.send(());
+    }
+    let _all_written = all_written(&slots).await;
+}
+
+/// Waits until no write is in flight; holds off new ones while kept.
+async fn all_written(slots: &Semaphore) -> Option<tokio::sync::SemaphorePermit<'_>> {
+    slots.acquire_many(WRITES_IN_FLIGHT as u32).await.ok()
+}
+
+async fn write(writes: &GroupCommit, rows: Vec<audit_event::ActiveModel>) {
+    let events = rows.len();
+    if events == 0 {
+        return;
+    }
+    // The events join the batch's other rows: no statement of their own.
+    let rows = rows.into_iter().fold(Rows::default(), Rows::audit);
+    if let Err(error) = writes.insert::<StoreFailure>(rows).await {
+        let error = anyhow::Error::new(error);
+        tracing::warn!(error = format!("{error:#}"), events, "audit events lost");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{EntityTrait, PaginatorTrait};
+
+    use super::*;
+    use crate::store::migrated_sqlite_file;
+
+    /// A flush waits for every batch in flight, not only for its own: the
+    /// events span several batches written at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flush_waits_for_every_batch_in_flight() {
+        let file = migrated_sqlite_file().await;
+        let lanes = GroupCommit::lanes_for(&file.pool);
+        let queue = AuditQueue::start(GroupCommit::start(&file.pool, lanes));
+        let events = WRITES_IN_FLIGHT * MAX_ROWS * 2;
+        for i in 0..events {
+            let event = AuditEvent {
+                detail: Some("flush test"),
+                ..Default::default()
+            };
+            queue
+                .record(AuditKind::Verified, event, i as i64)
+                .await
+                .unwrap();
         }
+        queue.flush().await;
+        let written = audit_event::Entity::find().count(&file.pool).await.unwrap();
+        assert_eq!(written, events as u64);
     }
 }

@@ -14,7 +14,7 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, FromQueryResult,
     QueryFilter, Statement, sea_query::Query,
 };
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::{
@@ -26,9 +26,7 @@ use super::{
 };
 
 /// Most lookups answered by one statement.
-const MAX_BATCH: usize = 64;
-/// Statements in flight at once: a few of the pool's connections.
-const STATEMENTS_IN_FLIGHT: usize = 4;
+const MAX_BATCH: usize = 128;
 /// Lookups waiting before callers wait to queue theirs.
 const QUEUE_DEPTH: usize = 1024;
 
@@ -110,34 +108,22 @@ async fn find_one(db: &DatabaseConnection, digest: &str) -> Answer {
         .await?)
 }
 
-/// Takes whatever lookups are queued (up to [`MAX_BATCH`]) whenever a
-/// statement slot is free, and answers them with one statement.
+/// Answers the queued lookups (up to [`MAX_BATCH`]) with one statement,
+/// then the ones queued meanwhile, one statement at a time: measured on the
+/// bench, one batch in flight answered more lookups than two or four (whose
+/// smaller batches cost PostgreSQL more statements for the same work).
 async fn answer_batches(db: DatabaseConnection, mut queued: mpsc::Receiver<Lookup>) {
-    let slots = Arc::new(Semaphore::new(STATEMENTS_IN_FLIGHT));
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        if queued.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            return;
-        }
-        let lookups = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        let db = db.clone();
+    let mut lookups = Vec::with_capacity(MAX_BATCH);
+    while queued.recv_many(&mut lookups, MAX_BATCH).await > 0 {
         let span = lookups
             .first()
             .map_or_else(tracing::Span::none, |first| first.span.clone());
-        tokio::spawn(
-            async move {
-                answer_batch(&db, lookups).await;
-                drop(slot);
-            }
-            .instrument(span),
-        );
+        answer_batch(&db, lookups.drain(..)).instrument(span).await;
     }
 }
 
-async fn answer_batch(db: &DatabaseConnection, lookups: Vec<Lookup>) {
+async fn answer_batch(db: &DatabaseConnection, lookups: impl Iterator<Item = Lookup>) {
+    let lookups: Vec<Lookup> = lookups.collect();
     let digests: Vec<&str> = lookups.iter().map(|l| l.digest.as_str()).collect();
     match find_many(db, &digests).await {
         Ok(found) => {
