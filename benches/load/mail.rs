@@ -61,6 +61,7 @@ async fn plain_lettre_loop(bench: &mut Bench) -> Result<f64> {
             reply_to: None,
         },
     });
+    let connections_before = bench.sink.connections();
     let meter = bench.meter()?;
     let outcome = driver::closed_loop(concurrency, bench.args.duration(), move |_| {
         let mailer = mailer.clone();
@@ -87,6 +88,7 @@ async fn plain_lettre_loop(bench: &mut Bench) -> Result<f64> {
         "{concurrency} sends at once ({BATCHES_IN_FLIGHT} batches × {}), sign-up template, same pool settings",
         bench.params.mail_send_concurrency
     ));
+    note_connections(&mut row, bench.sink.connections() - connections_before);
     bench.check("mail: plain lettre loop", &outcome, false);
     bench.report.rows.push(row);
     Ok(outcome.ok_rps())
@@ -101,9 +103,11 @@ async fn outbox_drain(bench: &mut Bench, plain: f64) -> Result<()> {
     queue_sign_ups(&bench.server.database_url, burst).await?;
     let filled = filled.elapsed();
     bench.expected_mails += burst;
+    let connections_before = bench.sink.connections();
     let meter = bench.meter()?;
     let drain = bench.drain().await;
     let usage = meter.finish()?;
+    let connections = bench.sink.connections() - connections_before;
     let drained = drain.backlog - drain.left;
     let rate = drained as f64 / drain.seconds.max(1e-9);
     let mut row = Row {
@@ -129,9 +133,17 @@ async fn outbox_drain(bench: &mut Bench, plain: f64) -> Result<()> {
     if !drain.drained {
         row.note("rate over the part drained");
     }
+    note_connections(&mut row, connections);
     bench.mail_ratio = Some(rate / plain);
     bench.report.rows.push(row);
     Ok(())
+}
+
+/// The SMTP connections the sink accepted during a row: a sender that
+/// stopped reusing its pooled connections shows here.
+fn note_connections(row: &mut Row, connections: u64) {
+    row.note(format!("{connections} SMTP connections opened"));
+    row.detail("smtp_connections", connections);
 }
 
 /// Writes `count` due sign-up jobs (the rows `SignUp` queues) in one

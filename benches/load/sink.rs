@@ -25,6 +25,7 @@ pub struct Received {
 #[derive(Default)]
 struct Shared {
     delivered: AtomicU64,
+    connections: AtomicU64,
     keep: AtomicBool,
     kept: Mutex<Vec<Received>>,
 }
@@ -43,6 +44,7 @@ impl SmtpSink {
         let accepting = shared.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                accepting.connections.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(session(stream, accepting.clone()));
             }
@@ -53,6 +55,11 @@ impl SmtpSink {
     /// Messages accepted since start.
     pub fn delivered(&self) -> u64 {
         self.shared.delivered.load(Ordering::Relaxed)
+    }
+
+    /// SMTP connections accepted since start: how well senders reuse them.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
     }
 
     /// Whether to keep the messages from now on.

@@ -115,15 +115,19 @@ async fn find_one(db: &DatabaseConnection, digest: &str) -> Answer {
 async fn answer_batches(db: DatabaseConnection, mut queued: mpsc::Receiver<Lookup>) {
     let mut lookups = Vec::with_capacity(MAX_BATCH);
     while queued.recv_many(&mut lookups, MAX_BATCH).await > 0 {
-        let span = lookups
-            .first()
-            .map_or_else(tracing::Span::none, |first| first.span.clone());
-        answer_batch(&db, lookups.drain(..)).instrument(span).await;
+        // Callers that gave up (deadline, cancelled call) need no answer.
+        lookups.retain(|lookup| !lookup.answer.is_closed());
+        let Some(first) = lookups.first() else {
+            continue;
+        };
+        let span = first.span.clone();
+        answer_batch(&db, std::mem::take(&mut lookups))
+            .instrument(span)
+            .await;
     }
 }
 
-async fn answer_batch(db: &DatabaseConnection, lookups: impl Iterator<Item = Lookup>) {
-    let lookups: Vec<Lookup> = lookups.collect();
+async fn answer_batch(db: &DatabaseConnection, lookups: Vec<Lookup>) {
     let digests: Vec<&str> = lookups.iter().map(|l| l.digest.as_str()).collect();
     match find_many(db, &digests).await {
         Ok(found) => {
