@@ -1,8 +1,8 @@
 //! Audit events: who did what, when, without secrets.
 
-use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, ConnectionTrait, EntityTrait};
 use std::sync::Arc;
 
+use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, ConnectionTrait, EntityTrait};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
