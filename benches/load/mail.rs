@@ -16,7 +16,7 @@ use rekey::{
         templates::{TemplateKind, Templates},
         transport::MailTransport,
         vars::MailVars,
-        worker::BATCHES_IN_FLIGHT,
+        worker::SENDING_BATCHES,
     },
     store::{
         entities::mail_outbox,
@@ -47,7 +47,7 @@ pub async fn mail(bench: &mut Bench) -> Result<()> {
 /// server's settings) sending sign-up mails, as many at once as the worker
 /// may.
 async fn plain_lettre_loop(bench: &mut Bench) -> Result<f64> {
-    let concurrency = bench.params.mail_send_concurrency * BATCHES_IN_FLIGHT;
+    let concurrency = bench.params.mail_send_concurrency * SENDING_BATCHES;
     let mailer = Arc::new(Mailer {
         templates: Arc::new(Templates::embedded()?),
         transport: MailTransport::smtp(
@@ -85,7 +85,7 @@ async fn plain_lettre_loop(bench: &mut Bench) -> Result<f64> {
     let mut row = Row::calls("mail: plain lettre loop", &outcome, meter.finish()?);
     row.versus = "ceiling".into();
     row.note(format!(
-        "{concurrency} sends at once ({BATCHES_IN_FLIGHT} batches × {}), sign-up template, same pool settings",
+        "{concurrency} sends at once ({SENDING_BATCHES} batches' worth × {}), sign-up template, same pool settings",
         bench.params.mail_send_concurrency
     ));
     note_connections(&mut row, bench.sink.connections() - connections_before);

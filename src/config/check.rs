@@ -17,8 +17,11 @@ use super::{
 use crate::{
     domain::{PasswordPolicy, RateLimit, ResetUrl, ResetUrlAllowList},
     mail::{
-        delivery::LinkLifetimes, mailer::Sender, templates::Templates, transport::smtp_send_bound,
-        worker::WorkerOptions,
+        delivery::LinkLifetimes,
+        mailer::Sender,
+        templates::Templates,
+        transport::smtp_send_bound,
+        worker::{BATCHES_IN_FLIGHT, SENDING_BATCHES, WorkerOptions},
     },
     security::{callers::Callers, tls::TlsFiles},
     service::{Limits, RetentionPolicy},
@@ -166,16 +169,20 @@ fn mail_worker(raw: &RawSettings) -> Result<WorkerOptions, ConfigError> {
         return Err(invalid("REKEY_MAIL_BACKOFF_MAX", "must be at least 1s"));
     }
     // A batch is sent `mail_send_concurrency` at a time, each send within
-    // the transport's bound; the lease must outlast the whole batch.
-    let rounds = raw
+    // the transport's bound, and each round may wait for the other batches'
+    // sends (the worker sends `SENDING_BATCHES` batches' worth at once);
+    // the lease must outlast the whole batch.
+    let own_rounds = raw
         .mail_batch_size
         .div_ceil(u64::try_from(raw.mail_send_concurrency).unwrap_or(u64::MAX));
+    let rounds = own_rounds.saturating_mul(BATCHES_IN_FLIGHT.div_ceil(SENDING_BATCHES) as u64);
     let rounds = u32::try_from(rounds).unwrap_or(u32::MAX);
     if raw.mail_lease < smtp_send_bound(raw.smtp_timeout).saturating_mul(rounds) {
         return Err(invalid(
             "REKEY_MAIL_LEASE",
             "must outlast a batch of slow sends (2 x REKEY_SMTP_TIMEOUT per round of \
-             REKEY_MAIL_SEND_CONCURRENCY), or a slow send would be claimed twice",
+             REKEY_MAIL_SEND_CONCURRENCY, twice over while the other batches send), \
+             or a slow send would be claimed twice",
         ));
     }
     Ok(WorkerOptions {

@@ -11,6 +11,7 @@ use std::{
 
 use futures::StreamExt;
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
+use tokio::sync::Semaphore;
 use tracing::{Instrument, Span};
 
 use super::{
@@ -183,14 +184,16 @@ impl Delivery {
         self.mailer.transport.describe()
     }
 
-    /// Delivers the jobs of one claim, `concurrency` sends at once. The
-    /// database work is done for the whole batch: one read of accounts and
-    /// earlier requests, one write opening requests and storing token
-    /// digests. Returns each job with how it went.
+    /// Delivers the jobs of one claim, `concurrency` sends at once, each
+    /// holding a permit of `sends` (shared with the worker's other batches)
+    /// while it sends. The database work is done for the whole batch: one
+    /// read of accounts and earlier requests, one write opening requests
+    /// and storing token digests. Returns each job with how it went.
     pub async fn deliver_all(
         &self,
         jobs: Vec<Claimed>,
         concurrency: usize,
+        sends: &Arc<Semaphore>,
     ) -> Vec<(Claimed, Result<Outcome, DeliveryError>)> {
         let reads = match self.read_for(&jobs).await {
             Ok(reads) => reads,
@@ -218,8 +221,11 @@ impl Delivery {
             .map(|(claimed, plan)| {
                 let delivery = self.clone();
                 let span = claimed.span.clone();
+                let sends = sends.clone();
                 tokio::spawn(
                     async move {
+                        // Never closed; were it, the send would go unlimited.
+                        let _sending = sends.acquire_owned().await.ok();
                         // lettre parks a finished send's connection from a
                         // task it spawns; spawned after it, this send could
                         // run first, find the pool empty and open another

@@ -15,7 +15,7 @@ use std::{
 };
 
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -40,9 +40,14 @@ use crate::{
 };
 
 /// Batches claimed and processed at once, each sending up to
-/// `send_concurrency` mails at a time: while one batch waits on the relay,
-/// the next is claimed and its requests written.
-pub const BATCHES_IN_FLIGHT: usize = 2;
+/// `send_concurrency` mails at a time: while some wait on the relay, others
+/// are claimed, written and recorded.
+pub const BATCHES_IN_FLIGHT: usize = 4;
+
+/// The worker's sends at once, in batches' worth: it sends at most
+/// `send_concurrency` × this many mails at a time, however many batches
+/// are in flight, and the SMTP pool keeps as many connections.
+pub const SENDING_BATCHES: usize = 2;
 
 /// The rate-limit key of the deployment-wide mail cap.
 const GLOBAL_MAIL_KEY: &str = "mail:global";
@@ -68,6 +73,11 @@ pub struct WorkerOptions {
 }
 
 impl WorkerOptions {
+    /// Mails the worker sends at once, over all its batches.
+    pub fn sends_at_once(&self) -> usize {
+        self.send_concurrency.max(1).saturating_mul(SENDING_BATCHES)
+    }
+
     /// How long a mail that keeps failing is retried before it becomes a
     /// dead letter: the shortest and the longest sum of the delays.
     pub fn retry_span(&self) -> (Duration, Duration) {
@@ -82,6 +92,8 @@ pub struct MailWorker {
     writes: GroupCommit,
     delivery: Delivery,
     options: WorkerOptions,
+    /// One permit per mail being sent, shared by every batch in flight.
+    sends: Arc<Semaphore>,
     wake: Arc<Notify>,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
@@ -104,6 +116,7 @@ impl MailWorker {
             writes,
             delivery,
             options,
+            sends: Arc::new(Semaphore::new(options.sends_at_once())),
             wake,
             clock,
             metrics: Metrics::disabled(),
@@ -206,7 +219,7 @@ impl MailWorker {
         }
         let delivered = self
             .delivery
-            .deliver_all(admitted, self.options.send_concurrency)
+            .deliver_all(admitted, self.options.send_concurrency, &self.sends)
             .await;
         let next = self.record_all(delivered, shutdown).await;
         Ok((claimed, next))

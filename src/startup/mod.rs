@@ -34,7 +34,7 @@ use crate::{
         delivery::Delivery,
         mailer::Mailer,
         transport::{MailTransport, TransportError},
-        worker::{BATCHES_IN_FLIGHT, MailWorker},
+        worker::MailWorker,
     },
     security::{hashing::PasswordHasher, tls::ReloadingAcceptor},
     service::{Admission, Readiness, RetentionPolicy, ServiceContext, run_retention},
@@ -491,7 +491,7 @@ pub(super) fn mail_transport(mail: &MailSettings) -> Result<MailTransport, Trans
             url.expose_secret(),
             password.as_ref().map(ExposeSecret::expose_secret),
             *timeout,
-            mail.worker.send_concurrency * BATCHES_IN_FLIGHT,
+            mail.worker.sends_at_once(),
         ),
         MailTransportSettings::File { dir } => MailTransport::file(dir.clone()),
     }

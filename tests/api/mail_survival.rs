@@ -442,6 +442,26 @@ async fn mail_in_hand_when_the_server_stops_is_sent_and_recorded_first(backend: 
     }
 }
 
+flow_test!(the_worker_sends_two_batches_worth_at_once_however_many_are_in_flight);
+async fn the_worker_sends_two_batches_worth_at_once_however_many_are_in_flight(backend: Backend) {
+    // Four batches of 4 in flight, 2 sends each: without the worker-wide
+    // cap a slow relay would be receiving 8 mails at once.
+    let app = spawn_app_with(backend, |figment| {
+        figment
+            .merge(("mail_batch_size", 4))
+            .merge(("mail_send_concurrency", 2))
+    })
+    .await;
+    app.mailbox.take_time(Duration::from_millis(30));
+    app.sign_up_at_once((0..48).map(|i| (format!("slow-relay{i}@example.com"), String::new())))
+        .await;
+    eventually("48 mails", || async {
+        (app.mailbox.all().len() >= 48).then_some(())
+    })
+    .await;
+    assert_eq!(app.mailbox.most_at_once(), 4);
+}
+
 /// An open reset request for jane, named `id`.
 fn jane_reset(id: &str, now: i64) -> Request {
     Request {

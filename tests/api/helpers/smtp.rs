@@ -5,8 +5,9 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use mailin_embedded::{Handler, Response, Server, response};
@@ -81,13 +82,24 @@ impl ReceivedMail {
 }
 
 /// An SMTP server (mailin-embedded) that keeps what it receives. It can be
-/// told to refuse the next messages with a 451, like a relay in trouble.
+/// told to refuse the next messages with a 451, like a relay in trouble,
+/// or to take its time over each message, like a slow one.
 #[derive(Clone)]
 pub struct SmtpSink {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<ReceivedMail>>>,
     refuse_next: Arc<AtomicUsize>,
     unknown_mailboxes: Arc<Mutex<Vec<String>>>,
+    receiving: Arc<Receiving>,
+}
+
+/// Messages being received at once, and the most seen so far.
+#[derive(Default)]
+struct Receiving {
+    now: AtomicUsize,
+    most: AtomicUsize,
+    /// How long each message's end of data is held, in milliseconds.
+    delay_millis: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -95,6 +107,7 @@ struct SinkHandler {
     received: Arc<Mutex<Vec<ReceivedMail>>>,
     refuse_next: Arc<AtomicUsize>,
     unknown_mailboxes: Arc<Mutex<Vec<String>>>,
+    receiving: Arc<Receiving>,
     from: String,
     to: Vec<String>,
     data: Vec<u8>,
@@ -131,6 +144,8 @@ impl Handler for SinkHandler {
         self.from = from.to_owned();
         self.to = to.to_vec();
         self.data.clear();
+        let now = self.receiving.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.receiving.most.fetch_max(now, Ordering::SeqCst);
         response::OK
     }
 
@@ -140,6 +155,9 @@ impl Handler for SinkHandler {
     }
 
     fn data_end(&mut self) -> Response {
+        let delay = self.receiving.delay_millis.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(delay));
+        self.receiving.now.fetch_sub(1, Ordering::SeqCst);
         self.received.lock().unwrap().push(ReceivedMail {
             from: self.from.clone(),
             to: self.to.clone(),
@@ -156,10 +174,12 @@ impl SmtpSink {
         let received = Arc::new(Mutex::new(Vec::new()));
         let refuse_next = Arc::new(AtomicUsize::new(0));
         let unknown_mailboxes = Arc::new(Mutex::new(Vec::new()));
+        let receiving = Arc::new(Receiving::default());
         let handler = SinkHandler {
             received: received.clone(),
             refuse_next: refuse_next.clone(),
             unknown_mailboxes: unknown_mailboxes.clone(),
+            receiving: receiving.clone(),
             from: String::new(),
             to: Vec::new(),
             data: Vec::new(),
@@ -178,7 +198,19 @@ impl SmtpSink {
             received,
             refuse_next,
             unknown_mailboxes,
+            receiving,
         }
+    }
+
+    /// Holds each message `delay` before accepting it.
+    pub fn take_time(&self, delay: Duration) {
+        let millis = u64::try_from(delay.as_millis()).unwrap();
+        self.receiving.delay_millis.store(millis, Ordering::SeqCst);
+    }
+
+    /// The most messages this sink has been receiving at once.
+    pub fn most_at_once(&self) -> usize {
+        self.receiving.most.load(Ordering::SeqCst)
     }
 
     /// Makes the next `count` messages fail at MAIL FROM with "451 local error".
