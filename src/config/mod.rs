@@ -102,7 +102,7 @@ pub struct Settings {
     pub passwords: PasswordSettings,
     pub health_check_interval: Duration,
     /// How long a shutdown waits for calls in flight, then for the mail
-    /// batch being sent; whatever is cut off is retried after its lease.
+    /// batches being sent; whatever is cut off is retried after its lease.
     pub shutdown_grace: Duration,
     /// On shutdown, how long readiness says not serving before serving stops.
     pub shutdown_delay: Duration,
