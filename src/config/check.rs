@@ -177,12 +177,17 @@ fn mail_worker(raw: &RawSettings) -> Result<WorkerOptions, ConfigError> {
         .div_ceil(u64::try_from(raw.mail_send_concurrency).unwrap_or(u64::MAX));
     let rounds = own_rounds.saturating_mul(BATCHES_IN_FLIGHT.div_ceil(SENDING_BATCHES) as u64);
     let rounds = u32::try_from(rounds).unwrap_or(u32::MAX);
-    if raw.mail_lease < smtp_send_bound(raw.smtp_timeout).saturating_mul(rounds) {
+    let shortest_lease = smtp_send_bound(raw.smtp_timeout).saturating_mul(rounds);
+    if raw.mail_lease < shortest_lease {
         return Err(invalid(
             "REKEY_MAIL_LEASE",
-            "must outlast a batch of slow sends (2 x REKEY_SMTP_TIMEOUT per round of \
-             REKEY_MAIL_SEND_CONCURRENCY, twice over while the other batches send), \
-             or a slow send would be claimed twice",
+            format!(
+                "must be at least {} with these settings: it must outlast a batch of slow \
+                 sends (2 x REKEY_SMTP_TIMEOUT per round of REKEY_MAIL_SEND_CONCURRENCY from \
+                 REKEY_MAIL_BATCH_SIZE, twice over while the other batches send), or a slow \
+                 send would be claimed twice",
+                humantime::format_duration(shortest_lease)
+            ),
         ));
     }
     Ok(WorkerOptions {
