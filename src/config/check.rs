@@ -175,7 +175,8 @@ fn mail_worker(raw: &RawSettings) -> Result<WorkerOptions, ConfigError> {
     let own_rounds = raw
         .mail_batch_size
         .div_ceil(u64::try_from(raw.mail_send_concurrency).unwrap_or(u64::MAX));
-    let rounds = own_rounds.saturating_mul(BATCHES_IN_FLIGHT.div_ceil(SENDING_BATCHES) as u64);
+    let waits = u64::try_from(BATCHES_IN_FLIGHT.div_ceil(SENDING_BATCHES)).unwrap_or(u64::MAX);
+    let rounds = own_rounds.saturating_mul(waits);
     let rounds = u32::try_from(rounds).unwrap_or(u32::MAX);
     let shortest_lease = smtp_send_bound(raw.smtp_timeout).saturating_mul(rounds);
     if raw.mail_lease < shortest_lease {

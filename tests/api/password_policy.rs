@@ -10,8 +10,8 @@ use tonic_types::StatusExt;
 use crate::{
     flow_test,
     helpers::{
-        Backend, PASSWORD, RESET_PAGE, ReceivedMail, TestApp, eventually, spawn_app,
-        spawn_app_with, violated_fields,
+        Backend, PASSWORD, RESET_PAGE, ReceivedMail, eventually, spawn_app, spawn_app_with,
+        violated_fields,
     },
 };
 
@@ -27,19 +27,13 @@ fn violation(status: &tonic::Status, field: &str) -> String {
         .clone()
 }
 
-/// Signs `email` up and returns the sign-up token, without using it.
-async fn sign_up_token(app: &mut TestApp, email: &str, display_name: &str) -> String {
-    app.sign_up(email, display_name).await.unwrap();
-    app.mailbox.wait_for(email, 1).await.remove(0).token()
-}
-
 async fn a_password_set_in_one_form_authenticates_in_another(backend: Backend) {
     let mut app = spawn_app(backend).await;
     // Fullwidth letters and spaces, and a decomposed accent.
     let fullwidth = "Ｍｙ　ｆａｖｏｕｒｉｔｅ　ｃａｆｅ\u{301}　ｉｓ　ｏｐｅｎ";
     let composed = "My favourite caf\u{e9} is open";
     let decomposed = "My favourite cafe\u{301} is open";
-    let token = sign_up_token(&mut app, "jane@example.com", "Jane").await;
+    let token = app.sign_up_token("jane@example.com", "Jane").await;
     let account_id = app.reset_password(&token, fullwidth).await.unwrap();
 
     for form in [composed, decomposed, fullwidth] {
@@ -107,7 +101,7 @@ flow_test!(a_password_stored_before_normalization_still_authenticates);
 
 async fn a_guessable_password_is_refused_with_a_reason_that_does_not_contain_it(backend: Backend) {
     let mut app = spawn_app(backend).await;
-    let token = sign_up_token(&mut app, "jane@example.com", "Jane").await;
+    let token = app.sign_up_token("jane@example.com", "Jane").await;
     let hashes_before = app.hasher.completed();
 
     for weak in ["password1234", "qwertyuiop123", "iloveyou2024!"] {
@@ -140,7 +134,7 @@ async fn the_users_name_and_address_count_against_a_password(backend: Backend) {
     let personal = "whitfieldnorthwind";
 
     // A sign-up: the address and name come from the request.
-    let token = sign_up_token(&mut app, email, "Jane Whitfield").await;
+    let token = app.sign_up_token(email, "Jane Whitfield").await;
     let status = app.reset_password(&token, personal).await.unwrap_err();
     let reason = violation(&status, "new_password");
     assert!(reason.contains("your name or email address"), "{reason}");
@@ -154,7 +148,7 @@ async fn the_users_name_and_address_count_against_a_password(backend: Backend) {
     assert_eq!(violated_fields(&status), ["new_password"]);
 
     // The same password is fine for someone else.
-    let other = sign_up_token(&mut app, "sam@example.org", "Sam").await;
+    let other = app.sign_up_token("sam@example.org", "Sam").await;
     app.reset_password(&other, personal).await.unwrap();
 }
 flow_test!(the_users_name_and_address_count_against_a_password);
@@ -165,7 +159,7 @@ async fn the_minimum_length_counts_code_points(backend: Backend) {
     assert_eq!((twelve.chars().count(), twelve.len()), (12, 36));
     let eleven: String = twelve.chars().take(11).collect();
 
-    let token = sign_up_token(&mut app, "jane@example.com", "Jane").await;
+    let token = app.sign_up_token("jane@example.com", "Jane").await;
     let status = app.reset_password(&token, &eleven).await.unwrap_err();
     assert_eq!(
         violation(&status, "new_password"),
@@ -180,7 +174,7 @@ async fn password_min_chars_still_sets_the_minimum_length(backend: Backend) {
     assert_eq!(PASSWORD.chars().count(), 28);
     let mut app =
         spawn_app_with(backend, |figment| figment.merge(("password_min_chars", 30))).await;
-    let token = sign_up_token(&mut app, "jane@example.com", "Jane").await;
+    let token = app.sign_up_token("jane@example.com", "Jane").await;
     let status = app.reset_password(&token, PASSWORD).await.unwrap_err();
     assert_eq!(
         violation(&status, "new_password"),
@@ -194,7 +188,7 @@ async fn password_min_chars_still_sets_the_minimum_length(backend: Backend) {
         figment.merge(("password_min_length", 29))
     })
     .await;
-    let token = sign_up_token(&mut app, "jane@example.com", "Jane").await;
+    let token = app.sign_up_token("jane@example.com", "Jane").await;
     let status = app.reset_password(&token, PASSWORD).await.unwrap_err();
     assert_eq!(
         violation(&status, "new_password"),
@@ -224,7 +218,7 @@ async fn the_minimum_score_is_configurable(backend: Backend) {
     // zxcvbn scores this passphrase 3: enough by default, not for 4.
     let fair = "whatever the password";
     let mut app = spawn_app_with(backend, |figment| figment.merge(("password_min_score", 4))).await;
-    let token = sign_up_token(&mut app, "jane@example.com", "Jane").await;
+    let token = app.sign_up_token("jane@example.com", "Jane").await;
     let status = app.reset_password(&token, fair).await.unwrap_err();
     let reason = violation(&status, "new_password");
     assert!(reason.starts_with("is too easy to guess. "), "{reason}");
@@ -232,12 +226,12 @@ async fn the_minimum_score_is_configurable(backend: Backend) {
     app.reset_password(&token, PASSWORD).await.unwrap();
 
     let mut app = spawn_app(backend).await;
-    let token = sign_up_token(&mut app, "jane@example.com", "Jane").await;
+    let token = app.sign_up_token("jane@example.com", "Jane").await;
     app.reset_password(&token, fair).await.unwrap();
 
     // 0 turns the check off; the length rule stays.
     let mut app = spawn_app_with(backend, |figment| figment.merge(("password_min_score", 0))).await;
-    let token = sign_up_token(&mut app, "jane@example.com", "Jane").await;
+    let token = app.sign_up_token("jane@example.com", "Jane").await;
     app.reset_password(&token, "password1234").await.unwrap();
 }
 flow_test!(the_minimum_score_is_configurable);

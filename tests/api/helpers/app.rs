@@ -194,6 +194,12 @@ impl TestApp {
             .map(drop)
     }
 
+    /// Signs `email` up and returns the mailed sign-up token, unused.
+    pub async fn sign_up_token(&mut self, email: &str, display_name: &str) -> String {
+        self.sign_up(email, display_name).await.unwrap();
+        self.mailbox.wait_for(email, 1).await.remove(0).token()
+    }
+
     /// Signs up every `(email, display name)` at once, each call on its own
     /// clone of the client; every call must succeed.
     pub async fn sign_up_at_once(&self, sign_ups: impl IntoIterator<Item = (String, String)>) {
