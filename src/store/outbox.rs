@@ -208,6 +208,9 @@ pub fn claiming(now: i64, lease_until: i64, batch: u64, max_attempts: u32) -> Up
         .to_owned();
     Entity::update_many()
         .col_expr(Column::LockedUntil, Expr::value(lease_until))
+        // Due again when the lease lapses: held jobs leave the range of
+        // `due_jobs`' ordered scan instead of being read and skipped.
+        .col_expr(Column::NextAttemptAt, Expr::value(lease_until))
         .col_expr(
             Column::LeaseToken,
             Expr::value(uuid::Uuid::new_v4().to_string()),

@@ -525,9 +525,11 @@ mod tests {
             assert_eq!(through_writer.status, MailStatus::Pending);
             assert!(through_writer.sent_at.is_none());
             assert_eq!(through_writer.locked_until, Some(9_000));
+            assert_eq!(through_writer.next_attempt_at, 9_000);
             // The same row, but for the second claim's fields.
             through_sqlx.attempts = through_writer.attempts;
             through_sqlx.locked_until = through_writer.locked_until;
+            through_sqlx.next_attempt_at = through_writer.next_attempt_at;
             through_sqlx.lease_token = through_writer.lease_token.clone();
             assert_eq!(through_writer, through_sqlx);
         }
