@@ -17,15 +17,15 @@ use super::{
 use crate::{
     domain::{PasswordPolicy, RateLimit, ResetUrl, ResetUrlAllowList},
     mail::{
-        delivery::LinkLifetimes,
-        mailer::Sender,
-        templates::Templates,
-        transport::smtp_send_bound,
-        worker::{BATCHES_IN_FLIGHT, SENDING_BATCHES, WorkerOptions},
+        delivery::LinkLifetimes, mailer::Sender, templates::Templates, transport::smtp_send_bound,
+        worker::WorkerOptions,
     },
     security::{callers::Callers, tls::TlsFiles},
     service::{Limits, RetentionPolicy},
 };
+
+/// The shortest mail lease: renewed every third of it, at most every second.
+const SHORTEST_MAIL_LEASE: Duration = Duration::from_secs(3);
 
 pub(super) fn invalid(name: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -168,25 +168,16 @@ fn mail_worker(raw: &RawSettings) -> Result<WorkerOptions, ConfigError> {
     if raw.mail_backoff_max < Duration::from_secs(1) {
         return Err(invalid("REKEY_MAIL_BACKOFF_MAX", "must be at least 1s"));
     }
-    // A batch is sent `mail_send_concurrency` at a time, each send within
-    // the transport's bound, and each round may wait for the other batches'
-    // sends (the worker sends `SENDING_BATCHES` batches' worth at once);
-    // the lease must outlast the whole batch.
-    let own_rounds = raw
-        .mail_batch_size
-        .div_ceil(u64::try_from(raw.mail_send_concurrency).unwrap_or(u64::MAX));
-    let waits = u64::try_from(BATCHES_IN_FLIGHT.div_ceil(SENDING_BATCHES)).unwrap_or(u64::MAX);
-    let rounds = own_rounds.saturating_mul(waits);
-    let rounds = u32::try_from(rounds).unwrap_or(u32::MAX);
-    let shortest_lease = smtp_send_bound(raw.smtp_timeout).saturating_mul(rounds);
+    // The worker renews a batch's lease every third of it while the batch
+    // is sent; the lease must still cover a send, should a renewal fail.
+    let shortest_lease = smtp_send_bound(raw.smtp_timeout).max(SHORTEST_MAIL_LEASE);
     if raw.mail_lease < shortest_lease {
         return Err(invalid(
             "REKEY_MAIL_LEASE",
             format!(
-                "must be at least {} with these settings: it must outlast a batch of slow \
-                 sends (2 x REKEY_SMTP_TIMEOUT per round of REKEY_MAIL_SEND_CONCURRENCY from \
-                 REKEY_MAIL_BATCH_SIZE, twice over while the other batches send), or a slow \
-                 send would be claimed twice",
+                "must be at least {} with these settings: it must outlast one send \
+                 (2 x REKEY_SMTP_TIMEOUT), or a send whose lease could not be renewed \
+                 would be claimed twice",
                 humantime::format_duration(shortest_lease)
             ),
         ));

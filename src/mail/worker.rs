@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use futures::future::Either;
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -217,12 +218,64 @@ impl MailWorker {
                 admitted.push(Claimed { job, span });
             }
         }
-        let delivered = self
-            .delivery
-            .deliver_all(admitted, self.options.send_concurrency, &self.sends)
-            .await;
+        let held = HeldLease::of(&admitted);
+        let delivering =
+            self.delivery
+                .deliver_all(admitted, self.options.send_concurrency, &self.sends);
+        let delivered = self.holding(held, delivering).await;
         let next = self.record_all(delivered, shutdown).await;
         Ok((claimed, next))
+    }
+
+    /// Runs `work`, a batch's delivery, renewing `held` every third of the
+    /// lease meanwhile: a batch slower than its lease (a slow relay, many
+    /// rounds of sends) is not claimed again while it is still being sent.
+    async fn holding<T>(&self, held: Option<HeldLease>, work: impl Future<Output = T>) -> T {
+        let Some(held) = held else {
+            return work.await;
+        };
+        let renewing = async {
+            let every = self.options.lease / 3;
+            loop {
+                tokio::time::sleep(every).await;
+                self.renew(&held).await;
+            }
+        };
+        match futures::future::select(std::pin::pin!(work), std::pin::pin!(renewing)).await {
+            Either::Left((done, _)) => done,
+            Either::Right(((), work)) => work.await,
+        }
+    }
+
+    /// Extends `held` by a lease from now, through the group commit like
+    /// the claim. A renewal that fails is logged; the next one tries again.
+    async fn renew(&self, held: &HeldLease) {
+        let lease_until = self
+            .clock
+            .now_millis()
+            .saturating_add(duration_millis(self.options.lease));
+        let token = held.token.clone();
+        let ids = held.ids.clone();
+        let renewed = self
+            .writes
+            .write(
+                move |tx: &DatabaseTransaction| -> WorkFuture<'_, u64, StoreFailure> {
+                    Box::pin(async move {
+                        outbox::renew_lease(tx, &token, &ids, lease_until)
+                            .await
+                            .context("renewing the lease of mail being sent")
+                            .map(Decision::Keep)
+                    })
+                },
+            )
+            .await;
+        match renewed {
+            Ok(jobs) => tracing::debug!(jobs, "lease of mail being sent renewed"),
+            Err(error) => tracing::warn!(
+                error = format!("{:#}", anyhow::Error::new(error)),
+                "could not renew the lease of mail being sent"
+            ),
+        }
     }
 
     /// Claims due jobs in a write of their own, through the group commit
@@ -540,6 +593,23 @@ struct ClaimOrder {
     batch: u64,
     max_attempts: u32,
     bury: bool,
+}
+
+/// The lease a batch holds: its claim's token and the jobs sent under it.
+struct HeldLease {
+    token: String,
+    ids: Vec<i64>,
+}
+
+impl HeldLease {
+    /// The lease of `batch`, all of one claim; none when nothing is held.
+    fn of(batch: &[Claimed]) -> Option<Self> {
+        let token = batch
+            .iter()
+            .find_map(|claimed| claimed.job.lease_token.clone())?;
+        let ids = batch.iter().map(|claimed| claimed.job.id).collect();
+        Some(Self { token, ids })
+    }
 }
 
 /// The jobs a claim took and how many it buried.

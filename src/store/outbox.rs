@@ -230,6 +230,29 @@ pub const CLAIM_PLAN: &str = "SET LOCAL enable_sort = off";
 /// Set after the claim: the rest of the transaction plans as configured.
 const AFTER_CLAIM_PLAN: &str = "SET LOCAL enable_sort TO DEFAULT";
 
+/// Extends the lease of the jobs of one claim that it still holds, `ids`
+/// fenced by its lease token, to `lease_until`, their next attempt with it.
+/// Returns how many it still held.
+pub async fn renew_lease(
+    db: &impl ConnectionTrait,
+    lease_token: &str,
+    ids: &[i64],
+    lease_until: i64,
+) -> Result<u64, StoreError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let renewed = Entity::update_many()
+        .col_expr(Column::LockedUntil, Expr::value(lease_until))
+        .col_expr(Column::NextAttemptAt, Expr::value(lease_until))
+        .filter(is_pending())
+        .filter(ids_in(db.get_database_backend(), ids))
+        .filter(Column::LeaseToken.eq(lease_token))
+        .exec(db)
+        .await?;
+    Ok(renewed.rows_affected)
+}
+
 /// Links claimed jobs to their requests, `(job id, request id, kind)`, in
 /// one statement fenced by the claim's lease token, so a retry reuses the
 /// request. Returns the ids of the jobs linked: those still held, whose

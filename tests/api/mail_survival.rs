@@ -462,6 +462,44 @@ async fn the_worker_sends_two_batches_worth_at_once_however_many_are_in_flight(b
     assert_eq!(app.mailbox.most_at_once(), 4);
 }
 
+/// A batch slower than its lease keeps it: the worker renews the lease
+/// while the batch is sent, so no other claim takes its jobs and sends
+/// them again.
+async fn a_batch_slower_than_its_lease_keeps_it_while_it_is_sent(backend: Backend) {
+    // Leases of 3 s renewed every second; batches of 4 sent one at a time,
+    // two batches at once, 500 ms a mail: 12 mails take about 3 s.
+    let app = spawn_app_with(backend, |figment| {
+        figment
+            .merge(("smtp_timeout", "1s"))
+            .merge(("mail_lease", "3s"))
+            .merge(("mail_batch_size", 4))
+            .merge(("mail_send_concurrency", 1))
+    })
+    .await;
+    app.mailbox.take_time(Duration::from_millis(500));
+    app.sign_up_at_once((0..12).map(|i| (format!("slow{i}@example.com"), String::new())))
+        .await;
+    eventually("the first mail", || async {
+        (!app.mailbox.all().is_empty()).then_some(())
+    })
+    .await;
+    // The first leases now end about 2 s after their claims, before their
+    // batches are sent; a lease not renewed is claimed again.
+    app.clock.advance(Duration::from_secs(1));
+    let finished = eventually("12 mails sent", || async {
+        let jobs = jobs(&app).await;
+        jobs.iter()
+            .all(|job| job.status == MailStatus::Sent)
+            .then_some(jobs)
+    })
+    .await;
+    assert_eq!(finished.len(), 12);
+    let claims: Vec<i32> = finished.iter().map(|job| job.attempts).collect();
+    assert_eq!(claims, vec![1; 12]);
+    assert_eq!(app.mailbox.all().len(), 12);
+}
+flow_test!(a_batch_slower_than_its_lease_keeps_it_while_it_is_sent);
+
 /// An open reset request for jane, named `id`.
 fn jane_reset(id: &str, now: i64) -> Request {
     Request {
