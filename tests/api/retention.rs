@@ -28,6 +28,9 @@ struct Kept {
 }
 
 async fn kept(db: &DatabaseConnection) -> Kept {
+    // Counted first: a cleanup deletes idle counters last, so once none is
+    // left, what is read next is what that cleanup left.
+    let rate_limits = count_rows(db, "rate_limits").await;
     let mut mail: Vec<(String, MailStatus)> = mail_outbox::Entity::find()
         .all(db)
         .await
@@ -36,7 +39,6 @@ async fn kept(db: &DatabaseConnection) -> Kept {
         .map(|m| (m.recipient, m.status))
         .collect();
     mail.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
-    let rate_limits = count_rows(db, "rate_limits").await;
     Kept {
         accounts: account::Entity::find().count(db).await.unwrap(),
         requests: request::Entity::find().count(db).await.unwrap(),
