@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, DbBackend};
 use secrecy::ExposeSecret;
 use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::sync::CancellationToken;
@@ -196,6 +196,7 @@ impl App {
         let links = settings.links;
         let allowed_pages = links.allowed_reset_urls.clone();
         let writes = start_writes(&db, settings.database_url.expose_secret(), &on_statement)?;
+        let mail_writes = mail_writes(&db, &writes);
         let audit = AuditQueue::start(writes.clone());
         let sqlite_reads = match SqliteReads::open(
             settings.database_url.expose_secret(),
@@ -228,7 +229,7 @@ impl App {
         };
         let delivery = Delivery::new(
             db.clone(),
-            writes.clone(),
+            mail_writes.clone(),
             mailer,
             links.lifetimes,
             allowed_pages,
@@ -237,7 +238,7 @@ impl App {
         );
         let worker = MailWorker::new(
             db.clone(),
-            writes.clone(),
+            mail_writes,
             delivery,
             settings.mail.worker,
             mail_wake,
@@ -512,6 +513,19 @@ fn start_writes(
         }
         None => GroupCommit::start(db, GroupCommit::lanes_for(db)),
     })
+}
+
+/// The mail worker's writes. On PostgreSQL a lane of their own: two of its
+/// batches opening requests for one address wait on each other's lock
+/// (see `requests::hold_openings`), and in a lane shared with calls that
+/// wait held up every call's write batched with it. In one lane the
+/// worker's writes never wait on each other: they commit one after
+/// another, or in one transaction. SQLite has one writer, shared.
+fn mail_writes(db: &DatabaseConnection, writes: &GroupCommit) -> GroupCommit {
+    match db.get_database_backend() {
+        DbBackend::Sqlite => writes.clone(),
+        _ => GroupCommit::start(db, 1),
+    }
 }
 
 /// Reflection describes everything served, so `grpcurl list` shows it all.

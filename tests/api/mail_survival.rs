@@ -23,7 +23,7 @@ use crate::{
     flow_test,
     helpers::{
         AuthSink, Backend, RESET_PAGE, TestApp, captured_logs, eventually, eventually_within,
-        spawn_app, spawn_app_with,
+        postgres_url, spawn_app, spawn_app_with,
     },
 };
 
@@ -552,19 +552,7 @@ async fn batches_opening_requests_for_one_address_take_turns(backend: Backend) {
     });
     if backend == Backend::Postgres {
         eventually("the second batch waits for the first", || async {
-            let waiting = app
-                .db
-                .query_one_raw(Statement::from_string(
-                    DbBackend::Postgres,
-                    "SELECT count(*) AS n FROM pg_locks \
-                     WHERE locktype = 'advisory' AND NOT granted AND database = \
-                       (SELECT oid FROM pg_database WHERE datname = current_database())",
-                ))
-                .await
-                .unwrap()
-                .and_then(|row| row.try_get::<i64>("", "n").ok())
-                .unwrap_or(0);
-            (waiting > 0).then_some(())
+            (waiting_to_open_requests(&app).await > 0).then_some(())
         })
         .await;
     }
@@ -581,3 +569,59 @@ async fn batches_opening_requests_for_one_address_take_turns(backend: Backend) {
     assert_eq!(open, vec!["second".to_owned()]);
 }
 flow_test!(batches_opening_requests_for_one_address_take_turns);
+
+/// PostgreSQL: transactions waiting for another's hold on opening requests
+/// for an address.
+async fn waiting_to_open_requests(app: &TestApp) -> i64 {
+    app.db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT count(*) AS n FROM pg_locks \
+             WHERE locktype = 'advisory' AND NOT granted AND database = \
+               (SELECT oid FROM pg_database WHERE datname = current_database())",
+        ))
+        .await
+        .unwrap()
+        .and_then(|row| row.try_get::<i64>("", "n").ok())
+        .unwrap_or(0)
+}
+
+/// PostgreSQL: while the worker waits to open a request for an address
+/// another holds (another replica's batch), calls' writes still commit:
+/// the worker's writes have a lane of their own. In a lane shared with
+/// calls, a quarter of the calls waited as long as the hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_write_waiting_for_an_address_holds_up_no_call() {
+    if postgres_url().await.is_none() {
+        return;
+    }
+    let mut app = spawn_app(Backend::Postgres).await;
+    app.create_account("held@example.com", "Held").await;
+    app.wait_for_outbox_drained().await;
+    let holder = app.db.begin().await.unwrap();
+    requests::hold_openings(&holder, &[(Purpose::Reset, "held@example.com")])
+        .await
+        .unwrap();
+    app.request_reset("held@example.com").await.unwrap();
+    eventually("the worker waits for the held address", || async {
+        (waiting_to_open_requests(&app).await > 0).then_some(())
+    })
+    .await;
+
+    for n in 0..8 {
+        let email = format!("caller{n}@example.com");
+        tokio::time::timeout(Duration::from_secs(5), app.request_reset(&email))
+            .await
+            .unwrap_or_else(|_| panic!("RequestReset {n} waited for the mail worker's hold"))
+            .unwrap();
+    }
+    assert_eq!(
+        waiting_to_open_requests(&app).await,
+        1,
+        "the worker still waits"
+    );
+    holder.rollback().await.unwrap();
+    // The sign-up link, then the reset link.
+    let mail = app.mailbox.wait_for("held@example.com", 2).await.remove(1);
+    assert_eq!(mail.subject(), "Reset your password");
+}
