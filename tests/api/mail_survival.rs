@@ -589,7 +589,8 @@ async fn waiting_to_open_requests(app: &TestApp) -> i64 {
 /// PostgreSQL: while the worker waits to open a request for an address
 /// another holds (another replica's batch), calls' writes still commit:
 /// the worker's writes have a lane of their own. In a lane shared with
-/// calls, a quarter of the calls waited as long as the hold.
+/// calls, a call whose write joined the waiting lane waited as long as the
+/// hold (with the lanes shared, call 3 did).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mail_write_waiting_for_an_address_holds_up_no_call() {
     if postgres_url().await.is_none() {
