@@ -12,18 +12,21 @@ use tonic::body::Body;
 use tower::{Layer, Service};
 
 use super::to_status;
-use crate::service::Admission;
+use crate::{service::Admission, telemetry::load::CallsInFlight};
 
 /// Wraps services with [`Admission::admit`].
 #[derive(Clone)]
 pub struct SheddingLayer {
     admission: Arc<Admission>,
+    calls: CallsInFlight,
 }
 
 impl SheddingLayer {
-    pub fn new(admission: Admission) -> Self {
+    /// Counts the calls it admits, while they run, into `calls`.
+    pub fn new(admission: Admission, calls: CallsInFlight) -> Self {
         Self {
             admission: Arc::new(admission),
+            calls,
         }
     }
 }
@@ -35,6 +38,7 @@ impl<S> Layer<S> for SheddingLayer {
         Shedding {
             inner,
             admission: self.admission.clone(),
+            calls: self.calls.clone(),
         }
     }
 }
@@ -43,6 +47,7 @@ impl<S> Layer<S> for SheddingLayer {
 pub struct Shedding<S> {
     inner: S,
     admission: Arc<Admission>,
+    calls: CallsInFlight,
 }
 
 impl<S> Service<http::Request<Body>> for Shedding<S>
@@ -65,7 +70,9 @@ where
             return Box::pin(inner.call(request));
         }
         let admission = self.admission.clone();
+        let calls = self.calls.clone();
         Box::pin(async move {
+            let _in_flight = calls.enter();
             match admission.admit().await {
                 Ok(()) => inner.call(request).await,
                 Err(refusal) => Ok(to_status(refusal).into_http()),

@@ -4,6 +4,10 @@
 //! [`Delivery`], and records the outcome: sent, skipped, retried later with
 //! backoff, or buried as a dead letter. Every write after a claim is fenced
 //! by the claim's lease token: a worker whose lease lapsed writes nothing.
+//!
+//! While the server is busy answering calls ([`CallsInFlight`]), mail gives
+//! way: one batch in flight, [`BUSY_SENDS`] mails at a time, so the CPU goes
+//! to the callers waiting and the mail still goes out.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -37,7 +41,7 @@ use crate::{
         outbox::{self, MailJob},
         rate_limits::{self, Charge},
     },
-    telemetry::{metrics::Metrics, traces},
+    telemetry::{load::CallsInFlight, metrics::Metrics, traces},
 };
 
 /// Batches claimed and processed at once, each sending up to
@@ -49,6 +53,9 @@ pub const BATCHES_IN_FLIGHT: usize = 4;
 /// `send_concurrency` × this many mails at a time, however many batches
 /// are in flight, and the SMTP pool keeps as many connections.
 pub const SENDING_BATCHES: usize = 2;
+
+/// Sends at once of the one batch in flight while calls are busy.
+pub const BUSY_SENDS: usize = 4;
 
 /// The rate-limit key of the deployment-wide mail cap.
 const GLOBAL_MAIL_KEY: &str = "mail:global";
@@ -100,6 +107,8 @@ pub struct MailWorker {
     metrics: Metrics,
     /// When jobs out of attempts were last buried (Unix milliseconds).
     last_burial: Arc<AtomicI64>,
+    /// The server's calls: while they are busy, mail gives way.
+    calls: CallsInFlight,
 }
 
 impl MailWorker {
@@ -122,7 +131,14 @@ impl MailWorker {
             clock,
             metrics: Metrics::disabled(),
             last_burial: Arc::new(AtomicI64::new(i64::MIN)),
+            calls: CallsInFlight::default(),
         }
+    }
+
+    /// Gives way to `calls` while they are busy.
+    pub fn with_calls(mut self, calls: CallsInFlight) -> Self {
+        self.calls = calls;
+        self
     }
 
     /// Counts sent, retried and dead mail into `metrics`.
@@ -144,10 +160,10 @@ impl MailWorker {
             ),
             "mail worker started"
         );
-        let loops = (0..BATCHES_IN_FLIGHT).map(|_| {
+        let loops = (0..BATCHES_IN_FLIGHT).map(|lane| {
             let worker = self.clone();
             let shutdown = shutdown.clone();
-            tokio::spawn(async move { worker.claim_loop(&shutdown).await })
+            tokio::spawn(async move { worker.claim_loop(lane, &shutdown).await })
         });
         for stopped in futures::future::join_all(loops).await {
             if let Err(error) = stopped {
@@ -160,11 +176,21 @@ impl MailWorker {
     /// Claims and processes batches until `shutdown`, waiting when there
     /// is nothing due. Each batch's outcome write also claims the next
     /// batch (one commit for both); after `shutdown` it claims nothing, and
-    /// a batch it had claimed is still processed.
-    async fn claim_loop(&self, shutdown: &CancellationToken) {
+    /// a batch it had claimed is still processed. Every lane but the first
+    /// waits while calls are busy.
+    async fn claim_loop(&self, lane: usize, shutdown: &CancellationToken) {
         let mut ahead = Vec::new();
         loop {
-            let claimed = match self.run_once(std::mem::take(&mut ahead), shutdown).await {
+            if lane > 0 && ahead.is_empty() && self.calls.is_busy() {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = self.calls.quiet() => {}
+                }
+            }
+            let claimed = match self
+                .run_once(lane, std::mem::take(&mut ahead), shutdown)
+                .await
+            {
                 Ok((claimed, next)) => {
                     ahead = next;
                     claimed
@@ -196,9 +222,12 @@ impl MailWorker {
 
     /// Processes one batch: `ahead` when the last outcome write claimed
     /// it, else one claimed now. Returns how many jobs it processed and the
-    /// batch its outcome write claimed (none once `shutdown`).
+    /// batch its outcome write claimed (none once `shutdown`, nor in a lane
+    /// giving way to busy calls). While calls are busy it sends
+    /// [`BUSY_SENDS`] at a time.
     async fn run_once(
         &self,
+        lane: usize,
         ahead: Vec<MailJob>,
         shutdown: &CancellationToken,
     ) -> Result<(usize, Vec<MailJob>), StoreFailure> {
@@ -219,11 +248,17 @@ impl MailWorker {
             }
         }
         let held = HeldLease::of(&admitted);
-        let delivering =
-            self.delivery
-                .deliver_all(admitted, self.options.send_concurrency, &self.sends);
+        let concurrency = if self.calls.is_busy() {
+            BUSY_SENDS.min(self.options.send_concurrency)
+        } else {
+            self.options.send_concurrency
+        };
+        let delivering = self
+            .delivery
+            .deliver_all(admitted, concurrency, &self.sends);
         let delivered = self.holding(held, delivering).await;
-        let next = self.record_all(delivered, shutdown).await;
+        let claim_next = !shutdown.is_cancelled() && (lane == 0 || !self.calls.is_busy());
+        let next = self.record_all(delivered, claim_next).await;
         Ok((claimed, next))
     }
 
@@ -396,12 +431,12 @@ impl MailWorker {
 
     /// Records how each job of a batch went: the sent and skipped ones in
     /// one group-committed write (with the sent ones' audit events), which
-    /// also claims the next batch unless `shutdown`; each failure on its
-    /// own. Returns the batch claimed.
+    /// also claims the next batch if `claim_next`; each failure on its own.
+    /// Returns the batch claimed.
     async fn record_all(
         &self,
         delivered: Vec<(Claimed, Result<Outcome, DeliveryError>)>,
-        shutdown: &CancellationToken,
+        claim_next: bool,
     ) -> Vec<MailJob> {
         let now = self.clock.now_millis();
         let mut finished = Vec::new();
@@ -445,7 +480,7 @@ impl MailWorker {
                 }
             }
         }
-        let claim_next = (!shutdown.is_cancelled()).then(|| self.next_claim());
+        let claim_next = claim_next.then(|| self.next_claim());
         let next = self.record_finished(finished, now, claim_next).await;
         let failures = failed.into_iter().map(|(claimed, error)| {
             let span = claimed.span.clone();

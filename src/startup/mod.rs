@@ -45,6 +45,7 @@ use crate::{
     telemetry::{
         endpoint,
         gauges::{self, GaugeSources, Gauges, OutboxGauge, ReadyGauge},
+        load::CallsInFlight,
         metrics::MetricsPipeline,
     },
 };
@@ -193,6 +194,7 @@ impl App {
         }
 
         let mail_wake = Arc::new(Notify::new());
+        let calls = CallsInFlight::default();
         let links = settings.links;
         let allowed_pages = links.allowed_reset_urls.clone();
         let writes = start_writes(&db, settings.database_url.expose_secret(), &on_statement)?;
@@ -244,7 +246,8 @@ impl App {
             mail_wake,
             clock.clone(),
         )
-        .with_metrics(metrics.clone());
+        .with_metrics(metrics.clone())
+        .with_calls(calls.clone());
 
         let health = HealthReporter::new();
         let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
@@ -277,7 +280,7 @@ impl App {
         };
         let router = grpc::server(&settings.transport, ObserveLayer::new(metrics))
             .layer(CallerLayer::new(settings.callers))
-            .layer(SheddingLayer::new(admission))
+            .layer(SheddingLayer::new(admission, calls))
             .add_service(health_service.clone())
             .add_service(reflection().build_v1().context("building reflection v1")?)
             .add_service(

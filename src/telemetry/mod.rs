@@ -6,6 +6,7 @@
 
 pub mod endpoint;
 pub mod gauges;
+pub mod load;
 pub mod metrics;
 pub mod traces;
 

@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use rekey::{
     domain::{Clock, Purpose},
+    grpc::pb,
+    mail::worker::BUSY_SENDS,
     store::{
         AuditKind, MailKind, MailStatus,
         entities::{audit_event, mail_outbox, request},
         outbox::{self, MailIntent, MailJob},
         requests::{self, Request},
     },
+    telemetry::load::BUSY_AT,
 };
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
@@ -460,6 +463,74 @@ async fn the_worker_sends_two_batches_worth_at_once_however_many_are_in_flight(b
     })
     .await;
     assert_eq!(app.mailbox.most_at_once(), 4);
+}
+
+flow_test!(while_calls_are_busy_mail_goes_out_a_few_at_a_time_and_never_stops);
+async fn while_calls_are_busy_mail_goes_out_a_few_at_a_time_and_never_stops(backend: Backend) {
+    // Batches of 8, 8 sends each, so the worker alone sends 16 at once.
+    let app = spawn_app_with(backend, |figment| {
+        figment
+            .merge(("mail_batch_size", 8))
+            .merge(("mail_send_concurrency", 8))
+            .merge(("hash_concurrency", 1))
+            .merge(("hash_queue_depth", 2 * BUSY_AT))
+    })
+    .await;
+    app.mailbox.take_time(Duration::from_millis(30));
+
+    // The hashing thread held, `BUSY_AT` Authenticate calls wait for it:
+    // that many calls in flight.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let slot = app.hasher.admit().unwrap();
+    let holding = tokio::spawn(async move { slot.run_bounded(move || held.recv()).await });
+    let waiting: Vec<_> = (0..BUSY_AT)
+        .map(|i| {
+            let mut accounts = app.accounts.clone();
+            tokio::spawn(async move {
+                accounts
+                    .authenticate(pb::AuthenticateRequest {
+                        email: format!("caller{i}@example.com"),
+                        password: "not their password".into(),
+                        client: None,
+                    })
+                    .await
+            })
+        })
+        .collect();
+    eventually("the calls waiting for the hashing thread", || async {
+        (app.hasher.in_use() > BUSY_AT).then_some(())
+    })
+    .await;
+
+    app.sign_up_at_once((0..24).map(|i| (format!("busy{i}@example.com"), String::new())))
+        .await;
+    eventually("24 mails while the calls wait", || async {
+        (app.mailbox.all().len() >= 24).then_some(())
+    })
+    .await;
+    assert_eq!(app.mailbox.most_at_once(), BUSY_SENDS);
+    assert!(
+        waiting.iter().all(|call| !call.is_finished()),
+        "the mail went out while the calls were still in flight"
+    );
+
+    release.send(()).unwrap();
+    holding.await.unwrap().unwrap().unwrap();
+    for call in waiting {
+        let refused = call.await.unwrap().unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    }
+    app.sign_up_at_once((0..48).map(|i| (format!("quiet{i}@example.com"), String::new())))
+        .await;
+    eventually("48 more mails once the calls ended", || async {
+        (app.mailbox.all().len() >= 72).then_some(())
+    })
+    .await;
+    assert!(
+        app.mailbox.most_at_once() > BUSY_SENDS,
+        "the worker's other batches went again: {} at once",
+        app.mailbox.most_at_once()
+    );
 }
 
 /// A batch slower than its lease keeps it: the worker renews the lease
