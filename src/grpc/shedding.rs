@@ -14,7 +14,7 @@ use tower::{Layer, Service};
 use super::to_status;
 use crate::{service::Admission, telemetry::load::CallsInFlight};
 
-/// Wraps services with [`Admission::admit`].
+/// Wraps services with [`Admission::admit`], counting their calls in flight.
 #[derive(Clone)]
 pub struct SheddingLayer {
     admission: Arc<Admission>,
@@ -22,7 +22,7 @@ pub struct SheddingLayer {
 }
 
 impl SheddingLayer {
-    /// Counts the calls it admits, while they run, into `calls`.
+    /// Counts each call it sees into `calls` until the call ends.
     pub fn new(admission: Admission, calls: CallsInFlight) -> Self {
         Self {
             admission: Arc::new(admission),
