@@ -53,6 +53,7 @@ async fn plain_lettre_loop(bench: &mut Bench) -> Result<f64> {
         transport: MailTransport::smtp(
             &format!("smtp://{}", bench.sink.addr),
             None,
+            None,
             Duration::from_secs(bench.params.smtp_timeout_secs),
             concurrency,
         )?,

@@ -53,9 +53,28 @@ pub enum MailTransportSettings {
         url: SecretString,
         password: Option<SecretString>,
         timeout: Duration,
+        /// The authorities the relay's certificate must chain to, when not
+        /// the public roots.
+        trust: Option<RelayTrust>,
     },
     /// `.eml` files in a directory.
     File { dir: PathBuf },
+}
+
+/// `REKEY_SMTP_CA_FILE` as read at start: PEM certificates, each checked
+/// to be usable as a trust anchor.
+#[derive(Clone)]
+pub struct RelayTrust {
+    pub file: PathBuf,
+    pub pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for RelayTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayTrust")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The pages links may point at, and how long links live.
@@ -229,6 +248,13 @@ impl Settings {
             .unwrap_or_default()
             .to_owned();
         let mail = match &self.mail.transport {
+            MailTransportSettings::Smtp {
+                trust: Some(trust), ..
+            } => format!(
+                "{} (its certificate from the CAs in {})",
+                self.mail.transport,
+                trust.file.display()
+            ),
             MailTransportSettings::Smtp { .. } => self.mail.transport.to_string(),
             MailTransportSettings::File { dir } => format!("file ({})", dir.display()),
         };

@@ -45,6 +45,9 @@ pub(super) struct RawSettings {
     pub smtp_password: Option<SecretString>,
     #[serde(with = "humantime_serde")]
     pub smtp_timeout: Duration,
+    /// PEM certificate authorities trusted for the relay's certificate
+    /// instead of the public roots.
+    pub smtp_ca_file: Option<PathBuf>,
     pub mail_dir: PathBuf,
     pub mail_from: Option<String>,
     pub mail_reply_to: Option<String>,
@@ -139,6 +142,7 @@ impl Default for RawSettings {
             smtp_url: None,
             smtp_password: None,
             smtp_timeout: Duration::from_secs(30),
+            smtp_ca_file: None,
             mail_dir: PathBuf::from("./var/mail"),
             mail_from: None,
             mail_reply_to: None,

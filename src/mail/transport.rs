@@ -6,7 +6,12 @@ use lettre::{
     AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
     transport::{
         file, smtp,
-        smtp::{PoolConfig, authentication::Credentials, response::Category},
+        smtp::{
+            PoolConfig,
+            authentication::Credentials,
+            client::{Certificate, CertificateStore, Tls, TlsParameters},
+            response::Category,
+        },
     },
 };
 
@@ -26,8 +31,12 @@ pub enum MailTransport {
 pub enum TransportError {
     #[error("the SMTP URL is not usable")]
     SmtpUrl(#[source] smtp::Error),
+    #[error("the SMTP URL is not a URL")]
+    NotAUrl,
     #[error("the SMTP password needs a user name in the SMTP URL")]
     SmtpUser,
+    #[error("the SMTP relay's CA certificates are not usable")]
+    RelayTrust(#[source] smtp::Error),
     #[error("cannot create the mail directory {}", dir.display())]
     MailDir {
         dir: PathBuf,
@@ -69,15 +78,39 @@ pub fn smtp_send_bound(command_timeout: Duration) -> Duration {
     command_timeout.saturating_mul(2)
 }
 
+/// The URL's TLS mode, as lettre reads it, with `pem` as the only roots.
+fn relay_tls(url: &str, pem: &[u8]) -> Result<Tls, TransportError> {
+    let url = url::Url::parse(url.trim()).map_err(|_| TransportError::NotAUrl)?;
+    let host = url.host_str().unwrap_or_default().to_owned();
+    let certificate = Certificate::from_pem(pem).map_err(TransportError::RelayTrust)?;
+    let parameters = TlsParameters::builder(host)
+        .certificate_store(CertificateStore::None)
+        .add_root_certificate(certificate)
+        .build_rustls()
+        .map_err(TransportError::RelayTrust)?;
+    let mode = url
+        .query_pairs()
+        .find(|(key, _)| key == "tls")
+        .map(|(_, value)| value.into_owned());
+    Ok(match (url.scheme(), mode.as_deref()) {
+        ("smtps", _) => Tls::Wrapper(parameters),
+        (_, Some("opportunistic")) => Tls::Opportunistic(parameters),
+        _ => Tls::Required(parameters),
+    })
+}
+
 impl MailTransport {
     /// An SMTP relay URL: `smtp://` (plain, or STARTTLS with `?tls=required`
     /// / `?tls=opportunistic`) or `smtps://` (implicit TLS). `password`,
     /// when given, logs in as the URL's user instead of a password in it.
-    /// The pool keeps up to `connections` open: as many as sends run at
-    /// once, so that no send opens and closes a connection of its own.
+    /// `trust`, PEM certificates, replaces the public roots the relay's
+    /// certificate must chain to. The pool keeps up to `connections` open:
+    /// as many as sends run at once, so that no send opens and closes a
+    /// connection of its own.
     pub fn smtp(
         url: &str,
         password: Option<&str>,
+        trust: Option<&[u8]>,
         command_timeout: Duration,
         connections: usize,
     ) -> Result<Self, TransportError> {
@@ -98,6 +131,9 @@ impl MailTransport {
                 .map_err(|_| TransportError::SmtpUser)?
                 .into_owned();
             builder = builder.credentials(Credentials::new(user, password.to_owned()));
+        }
+        if let Some(pem) = trust {
+            builder = builder.tls(relay_tls(url, pem)?);
         }
         let transport = builder.build();
         Ok(Self::Smtp {

@@ -491,9 +491,11 @@ pub(super) fn mail_transport(mail: &MailSettings) -> Result<MailTransport, Trans
             url,
             password,
             timeout,
+            trust,
         } => MailTransport::smtp(
             url.expose_secret(),
             password.as_ref().map(ExposeSecret::expose_secret),
+            trust.as_ref().map(|trust| trust.pem.as_slice()),
             *timeout,
             mail.worker.sends_at_once(),
         ),

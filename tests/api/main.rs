@@ -18,6 +18,7 @@ mod overload;
 mod password_policy;
 mod protected;
 mod query_plans;
+mod relay_tls;
 mod reset;
 mod retention;
 mod secrets;

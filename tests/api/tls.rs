@@ -5,7 +5,6 @@
 use std::{net::SocketAddr, path::Path};
 
 use figment::Figment;
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rekey::{
     config::Settings,
     grpc::pb::{self, accounts_client::AccountsClient, password_reset_client::PasswordResetClient},
@@ -19,53 +18,7 @@ use tonic::{
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tonic_types::StatusExt;
 
-use crate::helpers::{RESET_PAGE, eventually};
-
-/// A certificate authority that signs server and client certificates.
-struct Authority {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-    pem: String,
-}
-
-impl Authority {
-    fn new(name: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            pem: cert.pem(),
-            cert,
-            key,
-        }
-    }
-
-    /// A certificate and its key, PEM-encoded.
-    fn sign(&self, cn: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn server(&self) -> (String, String) {
-        self.sign(
-            "rekey",
-            &["localhost", "127.0.0.1"],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        )
-    }
-
-    fn client(&self, cn: &str) -> Identity {
-        let (cert, key) = self.sign(cn, &[], ExtendedKeyUsagePurpose::ClientAuth);
-        Identity::from_pem(cert, key)
-    }
-}
+use crate::helpers::{Authority, RESET_PAGE, eventually};
 
 fn write_server_files(dir: &Path, authority: &Authority) {
     let (cert, key) = authority.server();

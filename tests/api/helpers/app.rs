@@ -67,6 +67,16 @@ pub async fn spawn_app_with(
     backend: Backend,
     configure: impl FnOnce(Figment) -> Figment,
 ) -> TestApp {
+    spawn_app_with_mailbox(backend, SmtpSink::start(), configure).await
+}
+
+/// As [`spawn_app_with`], its mail going to `mailbox`; `configure` points
+/// `smtp_url` at it when the default (`smtp://ADDR`) will not do.
+pub async fn spawn_app_with_mailbox(
+    backend: Backend,
+    mailbox: SmtpSink,
+    configure: impl FnOnce(Figment) -> Figment,
+) -> TestApp {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let (database_url, database) = match backend {
@@ -79,7 +89,7 @@ pub async fn spawn_app_with(
             (database.url.clone(), Some(database))
         }
     };
-    let mut app = start_app(database_url, SmtpSink::start(), dir, configure).await;
+    let mut app = start_app(database_url, mailbox, dir, configure).await;
     app.database = database;
     app
 }

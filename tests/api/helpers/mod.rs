@@ -1,9 +1,10 @@
 //! Test harness, by job: `app` (the real server in-process on 127.0.0.1:0
 //! and its clients), `smtp` (a real SMTP sink), `postgres` (a fresh
 //! database per test, dropped afterwards), `logs` (captured server logs),
-//! `raw` (an HTTP/2 client for hostile bytes).
+//! `raw` (an HTTP/2 client for hostile bytes), `certs` (test certificates).
 
 mod app;
+mod certs;
 mod logs;
 mod postgres;
 pub mod raw;
@@ -12,7 +13,8 @@ mod smtp_auth;
 
 use std::{future::Future, time::Duration};
 
-pub use app::{TestApp, spawn_app, spawn_app_with};
+pub use app::{TestApp, spawn_app, spawn_app_with, spawn_app_with_mailbox};
+pub use certs::Authority;
 pub use logs::captured_logs;
 pub use postgres::{TestDatabase, fresh_postgres_database, postgres_url};
 #[allow(unused_imports)]

@@ -1,5 +1,5 @@
 //! An SMTP server (mailin-embedded) in the test process that keeps what it
-//! receives, and can refuse like a relay in trouble.
+//! receives, can refuse like a relay in trouble, and can offer STARTTLS.
 
 use std::{
     net::SocketAddr,
@@ -10,9 +10,9 @@ use std::{
     time::Duration,
 };
 
-use mailin_embedded::{Handler, Response, Server, response};
+use mailin_embedded::{Handler, Response, Server, SslConfig, response};
 
-use super::eventually;
+use super::{Authority, eventually};
 
 /// A message as the SMTP sink received it.
 #[derive(Debug, Clone)]
@@ -169,6 +169,28 @@ impl Handler for SinkHandler {
 
 impl SmtpSink {
     pub fn start() -> Self {
+        Self::start_with(SslConfig::None)
+    }
+
+    /// A relay offering STARTTLS with a certificate for `localhost` and
+    /// 127.0.0.1 signed by `authority`.
+    pub fn start_starttls(authority: &Authority) -> Self {
+        let (cert, key) = authority.server();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+        std::fs::write(&cert_path, cert).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        // mailin-embedded builds its TLS config on the process's default
+        // provider, and this test binary's dependencies enable two.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // Read once, when the server is set up; the files may go after.
+        Self::start_with(SslConfig::SelfSigned {
+            cert_path: cert_path.to_str().unwrap().to_owned(),
+            key_path: key_path.to_str().unwrap().to_owned(),
+        })
+    }
+
+    fn start_with(ssl: SslConfig) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -184,8 +206,9 @@ impl SmtpSink {
             to: Vec::new(),
             data: Vec::new(),
         };
+        let mut server = Server::new(handler);
+        server.with_ssl(ssl).unwrap();
         std::thread::spawn(move || {
-            let mut server = Server::new(handler);
             server
                 .with_name("sink.rekey.test")
                 // One thread per SMTP session, and rekey pools its connections.

@@ -1,0 +1,137 @@
+//! TLS to the SMTP relay with a private certificate authority: a relay
+//! offering STARTTLS with a certificate made here (rcgen), trusted through
+//! `REKEY_SMTP_CA_FILE` and refused without it.
+
+use rekey::store::{MailStatus, entities::mail_outbox};
+use sea_orm::EntityTrait;
+
+use crate::{
+    config::Run,
+    helpers::{
+        Authority, Backend, PASSWORD, RESET_PAGE, SmtpSink, eventually, spawn_app_with_mailbox,
+    },
+};
+
+/// A STARTTLS relay whose certificate `authority` signed, its `tls=required`
+/// URL, and a file holding `authority`'s certificate.
+struct PrivateRelay {
+    relay: SmtpSink,
+    url: String,
+    ca_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateRelay {
+    fn start() -> Self {
+        let authority = Authority::new("mail relay CA");
+        let relay = SmtpSink::start_starttls(&authority);
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("relay-ca.pem");
+        std::fs::write(&ca_file, &authority.pem).unwrap();
+        Self {
+            url: format!("smtp://localhost:{}?tls=required", relay.addr.port()),
+            relay,
+            ca_file,
+            _dir: dir,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_goes_over_starttls_to_a_relay_whose_ca_is_in_the_ca_file() {
+    let private = PrivateRelay::start();
+    let (url, ca_file) = (private.url.clone(), private.ca_file.clone());
+    let mut app = spawn_app_with_mailbox(Backend::Sqlite, private.relay.clone(), |figment| {
+        figment
+            .merge(("smtp_url", url))
+            .merge(("smtp_ca_file", ca_file))
+    })
+    .await;
+
+    app.sign_up("jane@example.com", "Jane").await.unwrap();
+
+    // `tls=required`: lettre sends nothing unless STARTTLS succeeded.
+    let mail = private
+        .relay
+        .wait_for("jane@example.com", 1)
+        .await
+        .remove(0);
+    app.reset_password(&mail.token(), PASSWORD).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_ca_file_the_relay_is_refused_and_its_mail_waits_for_a_retry() {
+    let private = PrivateRelay::start();
+    let url = private.url.clone();
+    let mut app = spawn_app_with_mailbox(Backend::Sqlite, private.relay.clone(), |figment| {
+        figment.merge(("smtp_url", url))
+    })
+    .await;
+
+    app.sign_up("jane@example.com", "Jane").await.unwrap();
+
+    let db = app.db.clone();
+    let job = eventually("the first attempt's outcome", || {
+        let db = db.clone();
+        async move {
+            let jobs = mail_outbox::Entity::find().all(&db).await.unwrap();
+            jobs.into_iter().find(|job| job.last_error.is_some())
+        }
+    })
+    .await;
+    // A relay the worker cannot trust is a setup problem: kept, not buried.
+    assert_eq!(job.status, MailStatus::Pending);
+    assert_eq!(job.attempts, 1);
+    let error = job.last_error.unwrap();
+    assert!(error.contains("certificate"), "{error}");
+    assert!(!error.contains("jane@example.com"), "{error}");
+    assert!(private.relay.all().is_empty());
+}
+
+#[test]
+fn check_config_connect_trusts_the_relay_through_the_ca_file_alone() {
+    let private = PrivateRelay::start();
+    let run = Run::new();
+    let database = run.database_url();
+    let other_ca = run.path().join("other-ca.pem");
+    std::fs::write(&other_ca, Authority::new("another CA").pem).unwrap();
+    let check = |ca_file: Option<&std::path::Path>| {
+        let mut vars = vec![
+            ("REKEY_RESET_URL", RESET_PAGE),
+            ("REKEY_DATABASE_URL", database.as_str()),
+            ("REKEY_SMTP_URL", private.url.as_str()),
+            ("REKEY_SMTP_TIMEOUT", "5s"),
+        ];
+        if let Some(file) = ca_file {
+            vars.push(("REKEY_SMTP_CA_FILE", file.to_str().unwrap()));
+        }
+        run.rekey(&["check-config", "--connect"], &vars)
+    };
+    let relay = format!("smtp relay localhost:{}", private.relay.addr.port());
+
+    let trusted = check(Some(&private.ca_file));
+    assert_eq!(trusted.code, Some(0), "{trusted:?}");
+    assert!(
+        trusted.stdout.contains(&format!("\n{relay}: ok\n")),
+        "{trusted:?}"
+    );
+
+    // The public roots, then another authority, in place of the relay's.
+    for refused in [check(None), check(Some(&other_ca))] {
+        assert_eq!(refused.code, Some(1), "{refused:?}");
+        let failed = format!("\n{relay}: FAILED: ");
+        assert!(refused.stdout.contains(&failed), "{refused:?}");
+        assert!(refused.stdout.contains("certificate"), "{refused:?}");
+    }
+
+    let missing = run.path().join("missing.pem");
+    let unreadable = check(Some(&missing));
+    assert_eq!(unreadable.code, Some(2), "{unreadable:?}");
+    assert!(
+        unreadable.stderr.starts_with(&format!(
+            "rekey: invalid configuration: REKEY_SMTP_CA_FILE: {}: ",
+            missing.display()
+        )),
+        "{unreadable:?}"
+    );
+}
