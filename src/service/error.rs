@@ -75,8 +75,9 @@ pub fn spread_retry_delay() -> Duration {
 }
 
 /// The wait told to callers refused by a full hashing pool: fixed, as the
-/// pool's queue absorbs them coming back together (spreading them cost 18
-/// points of overload goodput in the load benchmark).
+/// pool's queue absorbs them coming back together. Spread, their refusals
+/// were answered faster, but overload goodput fell about 4 points in the
+/// load benchmark, whose callers share the server's cores.
 const HASHING_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl From<HashError> for ServiceError {
