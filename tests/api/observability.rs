@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::StreamExt as _;
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -23,7 +24,7 @@ use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
     process::{Child, Command},
-    sync::mpsc,
+    sync::{mpsc, oneshot},
 };
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -228,6 +229,24 @@ struct Rekey {
 
 impl Rekey {
     async fn start(dir: &std::path::Path, env: &[(&str, String)]) -> Self {
+        Self::spawn(dir, env, None).await
+    }
+
+    /// As [`Self::start`], but once it listens its stderr is left unread
+    /// until `resume` is sent, as a stalled log collector leaves it.
+    async fn start_holding_logs(
+        dir: &std::path::Path,
+        env: &[(&str, String)],
+    ) -> (Self, oneshot::Sender<()>) {
+        let (resume, held) = oneshot::channel();
+        (Self::spawn(dir, env, Some(held)).await, resume)
+    }
+
+    async fn spawn(
+        dir: &std::path::Path,
+        env: &[(&str, String)],
+        mut hold: Option<oneshot::Receiver<()>>,
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rekey"))
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -252,10 +271,14 @@ impl Rekey {
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
-                let parsed = serde_json::from_str(&line)
+                let parsed: serde_json::Value = serde_json::from_str(&line)
                     .unwrap_or_else(|_| serde_json::json!({ "fields": { "message": line } }));
+                let listening = parsed["fields"]["message"] == "rekey listening";
                 if send.send(parsed).is_err() {
                     break;
+                }
+                if let Some(held) = hold.take_if(|_| listening) {
+                    let _ = held.await;
                 }
             }
         });
@@ -439,4 +462,56 @@ async fn sigterm_turns_readiness_off_keeps_serving_for_the_delay_then_exits_0() 
             .any(|m| m.contains("still serving while endpoints are removed")),
         "{logged:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_answered_while_nobody_reads_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let off = || "off".to_owned();
+    let (mut rekey, resume) = Rekey::start_holding_logs(
+        dir.path(),
+        &[
+            ("REKEY_RATE_LIMIT_PER_EMAIL", off()),
+            ("REKEY_RATE_LIMIT_PER_IP", off()),
+        ],
+    )
+    .await;
+    let client = pb::password_reset_client::PasswordResetClient::new(rekey.channel().await);
+    // Each call logs a JSON line of a few hundred bytes: together several
+    // times what a pipe holds (64 KiB) before its writer has to wait.
+    const CALLS: usize = 2_000;
+    let answered = std::sync::atomic::AtomicUsize::new(0);
+    let calls = futures::stream::iter(0..CALLS)
+        .map(|i| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .request_reset(pb::RequestResetRequest {
+                        email: format!("user{i}@example.com"),
+                        ..Default::default()
+                    })
+                    .await
+            }
+        })
+        .buffer_unordered(32)
+        .for_each(|outcome| {
+            if outcome.is_ok() {
+                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            std::future::ready(())
+        });
+    // A debug build answers them in a few seconds.
+    let _ = tokio::time::timeout(Duration::from_secs(30), calls).await;
+    assert_eq!(answered.into_inner(), CALLS, "calls answered");
+
+    // Read again: every line is there, none dropped.
+    resume.send(()).unwrap();
+    rekey.terminate();
+    let mut queued = 0;
+    while let Some(line) = rekey.logs.recv().await {
+        if line["fields"]["message"] == "mail queued" {
+            queued += 1;
+        }
+    }
+    assert_eq!(queued, CALLS);
 }
