@@ -21,8 +21,7 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 /// also writes whenever it has taken every line queued.
 const LOG_WRITE_BUFFER: usize = 64 * 1024;
 
-/// Log lines queued for the log thread at most (a few MiB of JSON lines)
-/// while stderr is not being read.
+/// Log lines queued for the log thread at most, while stderr is not read.
 const LOG_QUEUE_LINES: usize = 16 * 1024;
 
 /// How logs are written.
