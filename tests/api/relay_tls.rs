@@ -1,8 +1,11 @@
 //! TLS to the SMTP relay with a private certificate authority: a relay
-//! offering STARTTLS with a certificate made here (rcgen), trusted through
-//! `REKEY_SMTP_CA_FILE` and refused without it.
+//! offering STARTTLS, or TLS from the first byte, with a certificate made
+//! here (rcgen), trusted through `REKEY_SMTP_CA_FILE` and refused without it.
+
+use std::{net::SocketAddr, sync::Arc};
 
 use rekey::store::{MailStatus, entities::mail_outbox};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use sea_orm::EntityTrait;
 
 use crate::{
@@ -56,6 +59,61 @@ async fn mail_goes_over_starttls_to_a_relay_whose_ca_is_in_the_ca_file() {
         .wait_for("jane@example.com", 1)
         .await
         .remove(0);
+    app.reset_password(&mail.token(), PASSWORD).await.unwrap();
+}
+
+/// A TLS listener (a certificate for `localhost` signed by `authority`)
+/// in front of the plain SMTP server at `behind`: a relay speaking TLS from
+/// the first byte, as on port 465.
+async fn implicit_tls_front(authority: &Authority, behind: SocketAddr) -> SocketAddr {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (cert, key) = authority.server();
+    let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut plain = tokio::net::TcpStream::connect(behind).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_goes_over_implicit_tls_to_a_relay_whose_ca_is_in_the_ca_file() {
+    let authority = Authority::new("mail relay CA");
+    let relay = SmtpSink::start();
+    let front = implicit_tls_front(&authority, relay.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("relay-ca.pem");
+    std::fs::write(&ca_file, &authority.pem).unwrap();
+    let url = format!("smtps://localhost:{}", front.port());
+    let mut app = spawn_app_with_mailbox(Backend::Sqlite, relay.clone(), |figment| {
+        figment
+            .merge(("smtp_url", url))
+            .merge(("smtp_ca_file", ca_file))
+    })
+    .await;
+
+    app.sign_up("jane@example.com", "Jane").await.unwrap();
+
+    // The relay behind the TLS listener is reached only through it.
+    let mail = relay.wait_for("jane@example.com", 1).await.remove(0);
     app.reset_password(&mail.token(), PASSWORD).await.unwrap();
 }
 
