@@ -11,12 +11,13 @@ use sea_orm::EntityTrait;
 use crate::{
     config::Run,
     helpers::{
-        Authority, Backend, PASSWORD, RESET_PAGE, SmtpSink, eventually, spawn_app_with_mailbox,
+        Authority, Backend, PASSWORD, RESET_PAGE, SmtpSink, eventually, install_ring_provider,
+        spawn_app_with_mailbox,
     },
 };
 
-/// A STARTTLS relay whose certificate `authority` signed, its `tls=required`
-/// URL, and a file holding `authority`'s certificate.
+/// A relay whose certificate `authority` signed, the URL rekey reaches it
+/// by, and a file holding `authority`'s certificate.
 struct PrivateRelay {
     relay: SmtpSink,
     url: String,
@@ -25,48 +26,56 @@ struct PrivateRelay {
 }
 
 impl PrivateRelay {
-    fn start() -> Self {
+    /// A relay offering STARTTLS, reached with `tls=required`.
+    fn starttls() -> Self {
         let authority = Authority::new("mail relay CA");
         let relay = SmtpSink::start_starttls(&authority);
+        let url = format!("smtp://localhost:{}?tls=required", relay.addr.port());
+        Self::with_ca_file(relay, url, &authority)
+    }
+
+    /// A relay speaking TLS from the first byte, as on port 465: a TLS
+    /// listener in front of a plain SMTP sink, reached with `smtps://`.
+    async fn implicit_tls() -> Self {
+        let authority = Authority::new("mail relay CA");
+        let relay = SmtpSink::start();
+        let front = implicit_tls_front(&authority, relay.addr).await;
+        let url = format!("smtps://localhost:{}", front.port());
+        Self::with_ca_file(relay, url, &authority)
+    }
+
+    fn with_ca_file(relay: SmtpSink, url: String, authority: &Authority) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("relay-ca.pem");
         std::fs::write(&ca_file, &authority.pem).unwrap();
         Self {
-            url: format!("smtp://localhost:{}?tls=required", relay.addr.port()),
             relay,
+            url,
             ca_file,
             _dir: dir,
         }
     }
-}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mail_goes_over_starttls_to_a_relay_whose_ca_is_in_the_ca_file() {
-    let private = PrivateRelay::start();
-    let (url, ca_file) = (private.url.clone(), private.ca_file.clone());
-    let mut app = spawn_app_with_mailbox(Backend::Sqlite, private.relay.clone(), |figment| {
-        figment
-            .merge(("smtp_url", url))
-            .merge(("smtp_ca_file", ca_file))
-    })
-    .await;
-
-    app.sign_up("jane@example.com", "Jane").await.unwrap();
-
-    // `tls=required`: lettre sends nothing unless STARTTLS succeeded.
-    let mail = private
-        .relay
-        .wait_for("jane@example.com", 1)
-        .await
-        .remove(0);
-    app.reset_password(&mail.token(), PASSWORD).await.unwrap();
+    /// A sign-up's mail reaches the relay with its CA file set, and its
+    /// link works.
+    async fn delivers_with_the_ca_file(&self) {
+        let (url, ca_file) = (self.url.clone(), self.ca_file.clone());
+        let mut app = spawn_app_with_mailbox(Backend::Sqlite, self.relay.clone(), |figment| {
+            figment
+                .merge(("smtp_url", url))
+                .merge(("smtp_ca_file", ca_file))
+        })
+        .await;
+        app.sign_up("jane@example.com", "Jane").await.unwrap();
+        let mail = self.relay.wait_for("jane@example.com", 1).await.remove(0);
+        app.reset_password(&mail.token(), PASSWORD).await.unwrap();
+    }
 }
 
 /// A TLS listener (a certificate for `localhost` signed by `authority`)
-/// in front of the plain SMTP server at `behind`: a relay speaking TLS from
-/// the first byte, as on port 465.
+/// in front of the plain SMTP server at `behind`.
 async fn implicit_tls_front(authority: &Authority, behind: SocketAddr) -> SocketAddr {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_ring_provider();
     let (cert, key) = authority.server();
     let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -95,31 +104,23 @@ async fn implicit_tls_front(authority: &Authority, behind: SocketAddr) -> Socket
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_goes_over_starttls_to_a_relay_whose_ca_is_in_the_ca_file() {
+    // `tls=required`: lettre sends nothing unless STARTTLS succeeded.
+    PrivateRelay::starttls().delivers_with_the_ca_file().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_goes_over_implicit_tls_to_a_relay_whose_ca_is_in_the_ca_file() {
-    let authority = Authority::new("mail relay CA");
-    let relay = SmtpSink::start();
-    let front = implicit_tls_front(&authority, relay.addr).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("relay-ca.pem");
-    std::fs::write(&ca_file, &authority.pem).unwrap();
-    let url = format!("smtps://localhost:{}", front.port());
-    let mut app = spawn_app_with_mailbox(Backend::Sqlite, relay.clone(), |figment| {
-        figment
-            .merge(("smtp_url", url))
-            .merge(("smtp_ca_file", ca_file))
-    })
-    .await;
-
-    app.sign_up("jane@example.com", "Jane").await.unwrap();
-
-    // The relay behind the TLS listener is reached only through it.
-    let mail = relay.wait_for("jane@example.com", 1).await.remove(0);
-    app.reset_password(&mail.token(), PASSWORD).await.unwrap();
+    // The sink behind the TLS listener is reached only through it.
+    PrivateRelay::implicit_tls()
+        .await
+        .delivers_with_the_ca_file()
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_ca_file_the_relay_is_refused_and_its_mail_waits_for_a_retry() {
-    let private = PrivateRelay::start();
+    let private = PrivateRelay::starttls();
     let url = private.url.clone();
     let mut app = spawn_app_with_mailbox(Backend::Sqlite, private.relay.clone(), |figment| {
         figment.merge(("smtp_url", url))
@@ -148,7 +149,7 @@ async fn without_the_ca_file_the_relay_is_refused_and_its_mail_waits_for_a_retry
 
 #[test]
 fn check_config_connect_trusts_the_relay_through_the_ca_file_alone() {
-    let private = PrivateRelay::start();
+    let private = PrivateRelay::starttls();
     let run = Run::new();
     let database = run.database_url();
     let other_ca = run.path().join("other-ca.pem");

@@ -56,3 +56,10 @@ impl Authority {
         Identity::from_pem(cert, key)
     }
 }
+
+/// Makes ring the process's rustls provider: test servers built on the
+/// default provider need one, and this test binary's dependencies enable
+/// two. Later calls change nothing.
+pub fn install_ring_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -14,7 +14,7 @@ mod smtp_auth;
 use std::{future::Future, time::Duration};
 
 pub use app::{TestApp, spawn_app, spawn_app_with, spawn_app_with_mailbox};
-pub use certs::Authority;
+pub use certs::{Authority, install_ring_provider};
 pub use logs::captured_logs;
 pub use postgres::{TestDatabase, fresh_postgres_database, postgres_url};
 #[allow(unused_imports)]

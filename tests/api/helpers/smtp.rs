@@ -12,7 +12,7 @@ use std::{
 
 use mailin_embedded::{Handler, Response, Server, SslConfig, response};
 
-use super::{Authority, eventually};
+use super::{Authority, eventually, install_ring_provider};
 
 /// A message as the SMTP sink received it.
 #[derive(Debug, Clone)]
@@ -180,9 +180,8 @@ impl SmtpSink {
         let (cert_path, key_path) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
         std::fs::write(&cert_path, cert).unwrap();
         std::fs::write(&key_path, key).unwrap();
-        // mailin-embedded builds its TLS config on the process's default
-        // provider, and this test binary's dependencies enable two.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // mailin-embedded builds its TLS config on the default provider.
+        install_ring_provider();
         // Read once, when the server is set up; the files may go after.
         Self::start_with(SslConfig::SelfSigned {
             cert_path: cert_path.to_str().unwrap().to_owned(),
