@@ -62,10 +62,20 @@ pub(super) fn address(name: &'static str, raw: &str) -> Result<SocketAddr, Confi
 
 pub(super) fn database(url: &SecretString) -> Result<SecretString, ConfigError> {
     let exposed = url.expose_secret();
-    if exposed.starts_with("sqlite:")
-        || exposed.starts_with("postgres://")
-        || exposed.starts_with("postgresql://")
-    {
+    if exposed.starts_with("postgres://") || exposed.starts_with("postgresql://") {
+        // Checked here so that the driver's own parse error, which quotes
+        // the whole URL and its password, is never reached.
+        url::Url::parse(exposed).map_err(|error| {
+            invalid(
+                "REKEY_DATABASE_URL",
+                format!(
+                    "is not a valid URL ({error}); percent-encode reserved characters \
+                     in the user name and password, e.g. # as %23, / as %2F, ? as %3F, @ as %40"
+                ),
+            )
+        })?;
+        Ok(url.clone())
+    } else if exposed.starts_with("sqlite:") {
         Ok(url.clone())
     } else {
         Err(invalid(
@@ -152,12 +162,40 @@ pub(super) fn mail(raw: &RawSettings, links: &LinkSettings) -> Result<MailSettin
     })
 }
 
+/// Refuses a count outside `range`, naming the setting and the range.
+fn within(
+    name: &'static str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<(), ConfigError> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(
+            name,
+            format!(
+                "{value} is out of range: must be from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
 fn mail_worker(raw: &RawSettings) -> Result<WorkerOptions, ConfigError> {
-    if raw.mail_max_attempts == 0 || raw.mail_batch_size == 0 || raw.mail_send_concurrency == 0 {
-        return Err(invalid(
-            "REKEY_MAIL_MAX_ATTEMPTS / REKEY_MAIL_BATCH_SIZE / REKEY_MAIL_SEND_CONCURRENCY",
-            "must be at least 1",
-        ));
+    within(
+        "REKEY_MAIL_MAX_ATTEMPTS",
+        raw.mail_max_attempts.into(),
+        1..=1_000,
+    )?;
+    within("REKEY_MAIL_BATCH_SIZE", raw.mail_batch_size, 1..=1_000)?;
+    within(
+        "REKEY_MAIL_SEND_CONCURRENCY",
+        raw.mail_send_concurrency as u64,
+        1..=1_024,
+    )?;
+    if raw.smtp_timeout < Duration::from_secs(1) {
+        return Err(invalid("REKEY_SMTP_TIMEOUT", "must be at least 1s"));
     }
     if raw.mail_poll_interval.is_zero() {
         return Err(invalid(
@@ -232,6 +270,16 @@ pub(super) fn passwords(raw: &RawSettings) -> Result<PasswordSettings, ConfigErr
             "memory_kib, iterations and parallelism are not valid Argon2 parameters",
         )
     })?;
+    within(
+        "REKEY_HASH_CONCURRENCY",
+        raw.hash_concurrency as u64,
+        0..=1_024,
+    )?;
+    within(
+        "REKEY_HASH_QUEUE_DEPTH",
+        raw.hash_queue_depth as u64,
+        0..=100_000,
+    )?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     Ok(PasswordSettings {
         policy: PasswordPolicy {

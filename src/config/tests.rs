@@ -109,8 +109,58 @@ fn a_bad_smtp_url_does_not_echo_the_secret() {
 }
 
 #[test]
+fn a_database_url_that_does_not_parse_names_the_setting_and_hides_the_password() {
+    for url in [
+        "postgres://rekey:p#ss@db.internal/rekey",
+        "postgres://rekey:p/ss@db.internal/rekey",
+        "postgresql://rekey:p?ss@db.internal:5432/rekey",
+    ] {
+        for result in [
+            Settings::from_figment(base().merge(("database_url", url))).map(drop),
+            MigrateSettings::from_figment(Figment::new().merge(("database_url", url))).map(drop),
+        ] {
+            match result {
+                Err(ConfigError::Invalid { name, problem }) => {
+                    assert_eq!(name, "REKEY_DATABASE_URL");
+                    assert!(problem.contains("percent-encode"), "{problem}");
+                    assert!(!problem.contains("ss@db"), "{problem}");
+                }
+                other => panic!("{url}: expected Invalid(REKEY_DATABASE_URL), got {other:?}"),
+            }
+        }
+    }
+    let encoded = "postgres://rekey:p%23ss@db.internal/rekey";
+    let settings = Settings::from_figment(base().merge(("database_url", encoded))).unwrap();
+    assert_eq!(settings.database_url.expose_secret(), encoded);
+}
+
+#[test]
 fn nonsense_values_are_rejected_naming_the_setting() {
-    let cases: [(&str, figment::value::Value, &str); 14] = [
+    let cases: [(&str, figment::value::Value, &str); 22] = [
+        ("smtp_timeout", "0s".into(), "REKEY_SMTP_TIMEOUT"),
+        ("mail_max_attempts", 0.into(), "REKEY_MAIL_MAX_ATTEMPTS"),
+        ("mail_batch_size", 0.into(), "REKEY_MAIL_BATCH_SIZE"),
+        ("mail_batch_size", 1_000_000.into(), "REKEY_MAIL_BATCH_SIZE"),
+        (
+            "mail_send_concurrency",
+            0.into(),
+            "REKEY_MAIL_SEND_CONCURRENCY",
+        ),
+        (
+            "mail_send_concurrency",
+            u64::MAX.into(),
+            "REKEY_MAIL_SEND_CONCURRENCY",
+        ),
+        (
+            "hash_concurrency",
+            u64::MAX.into(),
+            "REKEY_HASH_CONCURRENCY",
+        ),
+        (
+            "hash_queue_depth",
+            u64::MAX.into(),
+            "REKEY_HASH_QUEUE_DEPTH",
+        ),
         ("reset_token_ttl", "1s".into(), "REKEY_RESET_TOKEN_TTL"),
         (
             "signup_token_ttl",
