@@ -12,6 +12,7 @@ mod m20261201_000001_mail_trace_context;
 mod m20261201_000002_mail_outbox_exhausted_index;
 mod m20261206_000001_pending_mail_indexes;
 mod m20261207_000001_admin_read_indexes;
+mod m20261208_000001_widen_audit_caller;
 
 /// Applies rekey's migrations in order.
 pub struct Migrator;
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000002_mail_outbox_exhausted_index::Migration),
             Box::new(m20261206_000001_pending_mail_indexes::Migration),
             Box::new(m20261207_000001_admin_read_indexes::Migration),
+            Box::new(m20261208_000001_widen_audit_caller::Migration),
         ]
     }
 }

@@ -1,8 +1,10 @@
 //! Account rows.
 
 use sea_orm::{
-    ActiveEnum, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
-    QueryFilter, QueryTrait, Statement,
+    ActiveEnum,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryTrait, Statement,
+    sea_query::{Expr, ExprTrait},
 };
 
 pub use super::entities::account::Model as Account;
@@ -88,16 +90,20 @@ pub async fn insert(
     Ok(id)
 }
 
-/// Sets a new password and moves `password_changed_at` forward.
+/// Sets a new password and moves `password_changed_at` forward: to `now`,
+/// or a millisecond past the last change when that is not earlier (a
+/// replica whose clock is behind, two changes in one millisecond).
 pub async fn set_password(
     db: &impl ConnectionTrait,
     account_id: &str,
     password_hash: &str,
     now: i64,
 ) -> Result<(), StoreError> {
+    let changed_at = Expr::case(Expr::col(Column::PasswordChangedAt).lt(now), now)
+        .finally(Expr::col(Column::PasswordChangedAt).add(1));
     Entity::update_many()
         .col_expr(Column::PasswordHash, password_hash.into())
-        .col_expr(Column::PasswordChangedAt, now.into())
+        .col_expr(Column::PasswordChangedAt, changed_at.into())
         .filter(Column::Id.eq(account_id))
         .exec(db)
         .await?;

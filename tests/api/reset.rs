@@ -137,3 +137,45 @@ async fn an_unknown_email_gets_the_same_reply_and_work_and_no_mail(backend: Back
     assert_eq!(app.mailbox.to("jane@example.com").len(), 2);
 }
 flow_test!(an_unknown_email_gets_the_same_reply_and_work_and_no_mail);
+
+fn millis(at: prost_types::Timestamp) -> i64 {
+    at.seconds * 1000 + i64::from(at.nanos / 1_000_000)
+}
+
+/// A replica whose clock is an hour behind still moves
+/// `password_changed_at` forward, so services that drop older sessions
+/// keep dropping them.
+async fn password_changed_at_moves_forward_on_a_replica_whose_clock_is_behind(backend: Backend) {
+    let mut ahead = spawn_app(backend).await;
+    ahead.clock.advance(Duration::from_secs(3600));
+    ahead.create_account("jane@example.com", "Jane").await;
+    let first = ahead
+        .authenticate("jane@example.com", PASSWORD)
+        .await
+        .unwrap()
+        .password_changed_at
+        .unwrap();
+
+    let mut behind = ahead.spawn_replica().await;
+    behind.request_reset("jane@example.com").await.unwrap();
+    let mail = behind
+        .mailbox
+        .wait_for("jane@example.com", 2)
+        .await
+        .remove(1);
+    behind
+        .reset_password(&mail.token(), "a brand new passphrase")
+        .await
+        .unwrap();
+    let second = behind
+        .authenticate("jane@example.com", "a brand new passphrase")
+        .await
+        .unwrap()
+        .password_changed_at
+        .unwrap();
+    assert!(
+        millis(second) > millis(first),
+        "{second:?} is not after {first:?}"
+    );
+}
+flow_test!(password_changed_at_moves_forward_on_a_replica_whose_clock_is_behind);
