@@ -147,6 +147,17 @@ pub fn to_status(error: ServiceError) -> Status {
                 spread_retry_delay(),
             )
         }
+        ServiceError::Conflict(source) => {
+            tracing::warn!(
+                error = format!("{source:#}"),
+                "write conflict; call refused, may be retried"
+            );
+            retry_later(
+                Code::Unavailable,
+                "the write conflicted with a concurrent one; retry",
+                spread_retry_delay(),
+            )
+        }
         ServiceError::Internal(source) => {
             tracing::error!(error = format!("{source:#}"), "internal error");
             Status::internal("internal error")
@@ -248,6 +259,12 @@ mod tests {
         )));
         assert_eq!(status.code(), Code::Unavailable);
         assert!(!status.message().contains("10.0.0.5"));
+        assert!(status.get_error_details().retry_info().is_some());
+        let status = to_status(ServiceError::Conflict(anyhow::anyhow!(
+            "deadlock detected on rate_limits"
+        )));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("rate_limits"));
         assert!(status.get_error_details().retry_info().is_some());
     }
 

@@ -3,7 +3,7 @@ use std::time::Duration;
 use crate::{
     domain::FieldError,
     security::{callers::Refusal, hashing::HashError},
-    store::StoreFailure,
+    store::{StoreError, StoreFailure},
 };
 
 /// Why a token cannot be used.
@@ -51,6 +51,10 @@ pub enum ServiceError {
     /// The database cannot be reached.
     #[error("database unavailable")]
     Unavailable(#[source] anyhow::Error),
+    /// The database rolled the write back to break a deadlock with a
+    /// concurrent one; nothing was written and the call may be retried.
+    #[error("write conflict")]
+    Conflict(#[source] anyhow::Error),
     /// A bug or an unexpected failure.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -58,8 +62,14 @@ pub enum ServiceError {
 
 impl From<StoreFailure> for ServiceError {
     fn from(failure: StoreFailure) -> Self {
-        if failure.source.is_unavailable() {
+        if matches!(failure.source, StoreError::Saturated) {
+            ServiceError::Busy {
+                retry_after: spread_retry_delay(),
+            }
+        } else if failure.source.is_unavailable() {
             ServiceError::Unavailable(failure.into())
+        } else if failure.source.is_conflict() {
+            ServiceError::Conflict(failure.into())
         } else {
             ServiceError::Internal(failure.into())
         }

@@ -212,7 +212,7 @@ impl App {
         };
         let ctx = ServiceContext {
             token_reads: TokenReads::start(&db, sqlite_reads),
-            writes: writes.clone(),
+            writes: writes.refusing_when_full(),
             audit: audit.clone(),
             db: db.clone(),
             hasher: hasher.clone(),

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::{
-    StoreContext, StoreFailure,
+    StoreContext, StoreError, StoreFailure,
     entities::{audit_event, mail_outbox},
     sqlite_writes::SqliteWriter,
 };
@@ -113,6 +113,8 @@ type AnswerFuture<'t> = Pin<Box<dyn Future<Output = (Answer, Rows)> + Send + 't>
 pub struct GroupCommit {
     lanes: Arc<[mpsc::Sender<Job>]>,
     next: Arc<AtomicUsize>,
+    /// Fail work at once when its lane's queue is full, instead of waiting.
+    refuse_when_full: bool,
 }
 
 impl GroupCommit {
@@ -129,6 +131,7 @@ impl GroupCommit {
         Self {
             lanes,
             next: Arc::new(AtomicUsize::new(0)),
+            refuse_when_full: false,
         }
     }
 
@@ -164,7 +167,20 @@ impl GroupCommit {
         Ok(Self {
             lanes: Arc::new([submit]),
             next: Arc::new(AtomicUsize::new(0)),
+            refuse_when_full: false,
         })
+    }
+
+    /// The same lanes, for calls: work submitted while its lane already
+    /// queues [`LANE_QUEUE`] pieces fails at once with
+    /// [`StoreError::Saturated`] rather than waiting for room, so callers
+    /// are refused with a retry delay instead of waiting out their
+    /// deadline. The mail worker keeps waiting: its outcomes must be kept.
+    pub fn refusing_when_full(&self) -> Self {
+        Self {
+            refuse_when_full: true,
+            ..self.clone()
+        }
     }
 
     /// Lanes for `db`: one on SQLite, a few on servers with many connections.
@@ -221,8 +237,18 @@ impl GroupCommit {
     {
         let (answer, answered) = oneshot::channel();
         let job = erase(step, rows, answer);
-        let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
-        self.lanes[lane].send(job).await.map_err(|_| lane_gone())?;
+        let lane = &self.lanes[self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len()];
+        if self.refuse_when_full {
+            lane.try_send(job).map_err(|refused| match refused {
+                mpsc::error::TrySendError::Full(_) => StoreFailure {
+                    doing: "queueing a write",
+                    source: StoreError::Saturated,
+                },
+                mpsc::error::TrySendError::Closed(_) => lane_gone(),
+            })?;
+        } else {
+            lane.send(job).await.map_err(|_| lane_gone())?;
+        }
         answered
             .await
             .map_err(|_| E::from(lane_gone()))
@@ -382,5 +408,69 @@ fn lane_gone() -> StoreFailure {
     StoreFailure {
         doing: "writing in a batch",
         source: DbErr::Custom("rekey is stopping".into()).into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::Database;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_lane_refuses_calls_at_once_and_keeps_the_queued_work() {
+        let db = Database::connect("sqlite::memory:").await.unwrap();
+        let waiting = GroupCommit::start(&db, 1);
+        let refusing = waiting.refusing_when_full();
+        let lane = waiting.lanes[0].clone();
+
+        // The lane's batch holds, once it has begun, until `release`.
+        let (begun, began) = oneshot::channel::<()>();
+        let (release, released) = oneshot::channel::<()>();
+        let held = tokio::spawn({
+            let waiting = waiting.clone();
+            async move {
+                waiting
+                    .write(
+                        move |_: &DatabaseTransaction| -> WorkFuture<'_, (), StoreFailure> {
+                            Box::pin(async move {
+                                let _ = begun.send(());
+                                let _ = released.await;
+                                Ok(Decision::Keep(()))
+                            })
+                        },
+                    )
+                    .await
+            }
+        });
+        began.await.unwrap();
+        let queued: Vec<_> = (0..LANE_QUEUE)
+            .map(|_| {
+                let waiting = waiting.clone();
+                tokio::spawn(async move { waiting.insert::<StoreFailure>(Rows::default()).await })
+            })
+            .collect();
+        while lane.capacity() > 0 {
+            tokio::task::yield_now().await;
+        }
+
+        let refused = refusing
+            .insert::<StoreFailure>(Rows::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused.source, StoreError::Saturated),
+            "{refused:?}"
+        );
+
+        release.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        for work in queued {
+            work.await.unwrap().unwrap();
+        }
+        refusing
+            .insert::<StoreFailure>(Rows::default())
+            .await
+            .unwrap();
     }
 }

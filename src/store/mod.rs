@@ -43,6 +43,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("cannot start a thread for SQLite")]
     Thread(#[source] std::io::Error),
+    #[error("the writes queued are at their limit")]
+    Saturated,
     #[error("a mail job's payload does not (de)serialize")]
     Payload(#[from] serde_json::Error),
     #[error("cannot create the database directory {}", dir.display())]
@@ -93,6 +95,7 @@ impl StoreError {
     pub fn duplicate(&self) -> StoreError {
         match self {
             StoreError::Database(error) => StoreError::Database(error.clone()),
+            StoreError::Saturated => StoreError::Saturated,
             other => StoreError::Database(DbErr::Custom(format!("{other:#}"))),
         }
     }
@@ -128,6 +131,24 @@ impl StoreError {
             }
             _ => false,
         }
+    }
+
+    /// True when PostgreSQL aborted the statement to break a deadlock
+    /// (SQLSTATE 40P01) or a serialization conflict (40001): the
+    /// transaction was rolled back and the same call may simply be retried.
+    pub fn is_conflict(&self) -> bool {
+        use sea_orm::{RuntimeErr, sqlx};
+        let StoreError::Database(
+            DbErr::Exec(RuntimeErr::SqlxError(error)) | DbErr::Query(RuntimeErr::SqlxError(error)),
+        ) = self
+        else {
+            return false;
+        };
+        matches!(
+            error.as_ref(),
+            sqlx::Error::Database(db_error)
+                if matches!(db_error.code().as_deref(), Some("40P01" | "40001"))
+        )
     }
 
     /// True when an insert hit a unique constraint.

@@ -389,3 +389,60 @@ async fn a_batch_whose_rows_cannot_be_inserted_acknowledges_nothing() {
     app.request_reset("jane@example.com").await.unwrap();
     assert_eq!(mail_outbox::Entity::find().count(&app.db).await.unwrap(), 1);
 }
+
+/// Two batches charging the same two keys in opposite order deadlock on
+/// PostgreSQL; the one PostgreSQL aborts is a conflict its callers may
+/// retry (`UNAVAILABLE` with `RetryInfo`), not an internal error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charges_in_opposite_order_deadlock_into_a_retryable_conflict() {
+    use rekey::{
+        domain::RateLimit,
+        service::ServiceError,
+        store::{
+            StoreFailure,
+            rate_limits::{self, Charge},
+        },
+    };
+    use sea_orm::TransactionTrait;
+
+    if crate::helpers::postgres_url().await.is_none() {
+        return;
+    }
+    let app = crate::helpers::spawn_app(Backend::Postgres).await;
+    let limit = RateLimit::parse("1000/1m").unwrap().unwrap();
+    let charge = |key: &str| {
+        vec![Charge {
+            key: key.to_owned(),
+            limit,
+        }]
+    };
+    let now = app.clock.now_millis();
+    let first = app.db.begin().await.unwrap();
+    let second = app.db.begin().await.unwrap();
+    rate_limits::take(&first, &charge("x"), now).await.unwrap();
+    rate_limits::take(&second, &charge("y"), now).await.unwrap();
+    // The aborted one is rolled back at once, which lets the other go on.
+    let take_then_end = |tx: sea_orm::DatabaseTransaction, key: &'static str| {
+        let charges = charge(key);
+        async move {
+            let taken = rate_limits::take(&tx, &charges, now).await;
+            tx.rollback().await.unwrap();
+            taken
+        }
+    };
+    let (first_then, second_then) =
+        tokio::join!(take_then_end(first, "y"), take_then_end(second, "x"));
+    let aborted: Vec<_> = [first_then, second_then]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    assert_eq!(aborted.len(), 1, "{aborted:?}");
+    let error = aborted.into_iter().next().unwrap();
+    assert!(error.is_conflict(), "{error:?}");
+    assert!(!error.is_unavailable(), "{error:?}");
+    let refused = ServiceError::from(StoreFailure {
+        doing: "taking rate-limit slots",
+        source: error,
+    });
+    assert!(matches!(refused, ServiceError::Conflict(_)), "{refused:?}");
+}
