@@ -6,13 +6,24 @@ use super::{
     timestamp, to_status,
 };
 use crate::{
-    domain::{Purpose, RequestState, clock::millis_between},
+    domain::{FieldError, Purpose, RequestState, clock::millis_between},
     service::{
-        ServiceContext,
+        ServiceContext, ServiceError,
         admin::{self, AuditQuery, MailView, PageRequest, RequestView},
     },
     store::{MailKind, MailStatus},
 };
+
+/// A filter's enum value, refused when this server does not know it (a
+/// newer client's value would otherwise read as "no filter").
+fn known<E: TryFrom<i32>>(raw: i32, field: &'static str) -> Result<E, Status> {
+    E::try_from(raw).map_err(|_| {
+        to_status(ServiceError::InvalidArgument(vec![FieldError::new(
+            field,
+            format!("{raw} is not one of its values"),
+        )]))
+    })
+}
 
 /// `rekey.v1.Admin`.
 pub struct AdminService {
@@ -32,12 +43,12 @@ impl Admin for AdminService {
         request: Request<pb::ListRequestsRequest>,
     ) -> Result<Response<pb::ListRequestsResponse>, Status> {
         let message = request.into_inner();
-        let purpose = match message.purpose() {
+        let purpose = match known(message.purpose, "purpose")? {
             pb::Purpose::Unspecified => None,
             pb::Purpose::Reset => Some(Purpose::Reset),
             pb::Purpose::SignUp => Some(Purpose::SignUp),
         };
-        let state = match message.state() {
+        let state = match known(message.state, "state")? {
             pb::RequestState::Unspecified => None,
             pb::RequestState::Open => Some(RequestState::Open),
             pb::RequestState::Expired => Some(RequestState::Expired),
@@ -76,14 +87,14 @@ impl Admin for AdminService {
         request: Request<pb::ListMailRequest>,
     ) -> Result<Response<pb::ListMailResponse>, Status> {
         let message = request.into_inner();
-        let status = match message.status() {
+        let status = match known(message.status, "status")? {
             pb::MailStatus::Unspecified => None,
             pb::MailStatus::Pending => Some(MailStatus::Pending),
             pb::MailStatus::Sent => Some(MailStatus::Sent),
             pb::MailStatus::Dead => Some(MailStatus::Dead),
             pb::MailStatus::Skipped => Some(MailStatus::Skipped),
         };
-        let kind = match message.kind() {
+        let kind = match known(message.kind, "kind")? {
             pb::MailKind::Unspecified => None,
             pb::MailKind::Reset => Some(MailKind::Reset),
             pb::MailKind::SignUp => Some(MailKind::SignUp),
@@ -230,7 +241,8 @@ fn mail_view(view: MailView) -> pb::MailJob {
         .into(),
         recipient_hint,
         attempts: u32::try_from(job.attempts).unwrap_or(0),
-        next_attempt_at: Some(timestamp(job.next_attempt_at)),
+        next_attempt_at: (job.status == MailStatus::Pending)
+            .then(|| timestamp(job.next_attempt_at)),
         last_error: last_error.unwrap_or_default(),
         created_at: Some(timestamp(job.created_at)),
         sent_at: job.sent_at.map(timestamp),

@@ -67,8 +67,7 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(bearer_token);
         let certificate_cn = request
             .extensions()
             .get::<PeerInfo>()
@@ -98,7 +97,31 @@ where
     }
 }
 
+/// The credentials of an `authorization: Bearer …` header; the scheme's
+/// name is case-insensitive, as HTTP's are.
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, credentials) = header.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim())
+}
+
 /// The authenticated caller's name, for audit events.
 pub fn caller_name<T>(request: &tonic::Request<T>) -> Option<String> {
     request.extensions().get::<Caller>().map(|c| c.name.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        for header in ["Bearer k3y", "bearer k3y", "BEARER  k3y ", " Bearer k3y"] {
+            assert_eq!(bearer_token(header), Some("k3y"), "{header:?}");
+        }
+        for header in ["Basic k3y", "Bearerk3y", "k3y", ""] {
+            assert_eq!(bearer_token(header), None, "{header:?}");
+        }
+    }
 }

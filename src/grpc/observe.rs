@@ -6,7 +6,9 @@
 //! dropped before that was cancelled.
 
 use std::{
+    collections::HashSet,
     pin::Pin,
+    sync::LazyLock,
     task::{Context, Poll, ready},
     time::Instant,
 };
@@ -14,6 +16,7 @@ use std::{
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use prost::Message as _;
 use tonic::{Code, Status, body::Body};
 use tower::{Layer, Service};
 use tracing::{Instrument, field::Empty};
@@ -23,6 +26,37 @@ use crate::telemetry::{metrics::Metrics, traces};
 /// The method label of calls to a method that does not exist, so that
 /// callers cannot grow the label set.
 const OTHER: &str = "_OTHER";
+
+/// The service and method of `path` when the server serves it; a call to
+/// any other path is refused before it is routed (e.g. for want of a key)
+/// or answered `UNIMPLEMENTED`, and is labelled [`OTHER`].
+fn served_method(path: &str) -> Option<(&str, &str)> {
+    static SERVED: LazyLock<HashSet<String>> = LazyLock::new(|| {
+        [
+            super::pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ]
+        .into_iter()
+        .filter_map(|encoded| prost_types::FileDescriptorSet::decode(encoded).ok())
+        .flat_map(|set| set.file)
+        .flat_map(|file| {
+            let package = file.package.unwrap_or_default();
+            file.service.into_iter().flat_map(move |service| {
+                let service_name = format!("{package}.{}", service.name.unwrap_or_default());
+                service.method.into_iter().map(move |method| {
+                    format!("/{service_name}/{}", method.name.unwrap_or_default())
+                })
+            })
+        })
+        .collect()
+    });
+    if !SERVED.contains(path) {
+        return None;
+    }
+    path.strip_prefix('/')?.split_once('/')
+}
 
 #[derive(Clone)]
 pub struct ObserveLayer {
@@ -67,10 +101,7 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let path = request.uri().path();
-        let (service, method) = path
-            .strip_prefix('/')
-            .and_then(|path| path.split_once('/'))
-            .unwrap_or((OTHER, OTHER));
+        let (service, method) = served_method(path).unwrap_or((OTHER, OTHER));
         // Probes would flood traces; they are counted, not traced.
         let span = if service == "grpc.health.v1.Health" {
             tracing::Span::none()
@@ -139,14 +170,9 @@ impl Call {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
-        let (service, method) = if code == Code::Unimplemented {
-            (OTHER, OTHER)
-        } else {
-            (self.service.as_str(), self.method.as_str())
-        };
         let code = code as i32;
         self.metrics
-            .rpc_served(service, method, code, self.started.elapsed());
+            .rpc_served(&self.service, &self.method, code, self.started.elapsed());
         // Recording re-formats the span's fields for the log layer, which
         // never shows them again after the call's last event.
         if traces::exporting() {
@@ -234,5 +260,36 @@ mod tests {
         assert_eq!(status_code(&headers), Some(Code::NotFound));
         assert!(is_server_error(Code::Internal as i32));
         assert!(!is_server_error(Code::NotFound as i32));
+    }
+
+    #[test]
+    fn only_served_methods_get_a_label_of_their_own() {
+        assert_eq!(
+            served_method("/rekey.v1.PasswordReset/RequestReset"),
+            Some(("rekey.v1.PasswordReset", "RequestReset"))
+        );
+        assert_eq!(
+            served_method("/rekey.v1.Admin/GetStats"),
+            Some(("rekey.v1.Admin", "GetStats"))
+        );
+        assert_eq!(
+            served_method("/grpc.health.v1.Health/Check"),
+            Some(("grpc.health.v1.Health", "Check"))
+        );
+        assert_eq!(
+            served_method("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            Some((
+                "grpc.reflection.v1.ServerReflection",
+                "ServerReflectionInfo"
+            ))
+        );
+        for made_up in [
+            "/rekey.v1.PasswordReset/Anything-1234",
+            "/rekey.v1.Nothing/RequestReset",
+            "/",
+            "",
+        ] {
+            assert_eq!(served_method(made_up), None, "{made_up:?}");
+        }
     }
 }

@@ -254,6 +254,12 @@ pub async fn retry_mail(
     mail_id: i64,
     caller: Option<&str>,
 ) -> Result<MailView, ServiceError> {
+    if mail_id <= 0 {
+        return Err(bad(FieldError::new(
+            "mail_id",
+            "is required: the id of a mail job, as ListMail gives it",
+        )));
+    }
     let Some(job) = admin::find_mail(&ctx.db, mail_id)
         .await
         .context("finding the mail job")?

@@ -7,7 +7,9 @@ use rekey::grpc::pb;
 
 use crate::{
     flow_test,
-    helpers::{Backend, TestApp, assert_error, eventually, spawn_app, spawn_app_with},
+    helpers::{
+        Backend, TestApp, assert_error, eventually, spawn_app, spawn_app_with, violated_fields,
+    },
 };
 
 async fn list_requests(
@@ -243,6 +245,10 @@ async fn a_dead_letter_is_listed_retried_and_delivered_with_a_working_link(backe
     assert_eq!(dead.recipient_hint, "l***@example.com");
     assert!(!dead.last_error.is_empty());
     assert!(!dead.last_error.contains("late@example.com"), "{dead:?}");
+    assert_eq!(
+        dead.next_attempt_at, None,
+        "a dead letter is not tried again"
+    );
     assert!(app.mailbox.to("late@example.com").is_empty());
 
     // The link's lifetime passes before the operator retries: the retried
@@ -260,6 +266,7 @@ async fn a_dead_letter_is_listed_retried_and_delivered_with_a_working_link(backe
         .unwrap();
     assert_eq!(retried.status(), pb::MailStatus::Pending);
     assert_eq!(retried.attempts, 0);
+    assert!(retried.next_attempt_at.is_some(), "{retried:?}");
     let mail = app.mailbox.wait_for("late@example.com", 1).await.remove(0);
     let verified = app.verify(&mail.token()).await.unwrap();
     assert_eq!(verified.purpose(), pb::Purpose::SignUp);
@@ -382,3 +389,39 @@ async fn audit_events_filter_and_page_and_stats_add_up(backend: Backend) {
     assert_eq!(stats.mail_sent, 2);
 }
 flow_test!(audit_events_filter_and_page_and_stats_add_up);
+
+/// A missing mail id and filter values this server does not know are bad
+/// arguments naming the field, not "not found" or a silently dropped filter.
+async fn bad_ids_and_unknown_filter_values_are_invalid_arguments(backend: Backend) {
+    let mut app = spawn_app(backend).await;
+    let refused = app
+        .admin
+        .retry_mail(pb::RetryMailRequest { mail_id: 0 })
+        .await
+        .unwrap_err();
+    assert_error(&refused, tonic::Code::InvalidArgument, None);
+    assert_eq!(violated_fields(&refused), ["mail_id"]);
+
+    let refused = app
+        .admin
+        .list_requests(pb::ListRequestsRequest {
+            state: 42,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_error(&refused, tonic::Code::InvalidArgument, None);
+    assert_eq!(violated_fields(&refused), ["state"]);
+
+    let refused = app
+        .admin
+        .list_mail(pb::ListMailRequest {
+            kind: 9,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_error(&refused, tonic::Code::InvalidArgument, None);
+    assert_eq!(violated_fields(&refused), ["kind"]);
+}
+flow_test!(bad_ids_and_unknown_filter_values_are_invalid_arguments);

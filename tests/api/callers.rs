@@ -263,3 +263,45 @@ async fn the_key_name_is_audited_and_the_secret_never_logged(backend: Backend) {
     }
 }
 flow_test!(the_key_name_is_audited_and_the_secret_never_logged);
+
+/// Neither a key's name nor a certificate's CN has a length limit: a long
+/// name is audited whole (PostgreSQL's column once held 64 characters and
+/// refused the call's write).
+async fn a_long_caller_name_is_audited_whole(backend: Backend) {
+    let name = format!("billing-service-production-eu-west-1-{}", "x".repeat(70));
+    let app = spawn_app_with(backend, |figment| {
+        figment.merge(("api_keys", format!("{name}:reset:{WEB_SECRET}")))
+    })
+    .await;
+    assert_eq!(
+        call(&app.channel, "RequestReset", Some(WEB_SECRET))
+            .await
+            .code(),
+        Code::Ok
+    );
+    let requested = audit_event::Entity::find()
+        .filter(audit_event::Column::Kind.eq(AuditKind::ResetRequested))
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(requested.caller.as_deref(), Some(name.as_str()));
+}
+flow_test!(a_long_caller_name_is_audited_whole);
+
+/// HTTP auth schemes are case-insensitive: `bearer` and `BEARER` work too.
+async fn the_bearer_scheme_is_accepted_in_any_case(backend: Backend) {
+    let app = spawn_with_keys(backend).await;
+    for scheme in ["bearer", "BEARER"] {
+        let mut request = Request::new(pb::GetStatsRequest::default());
+        request.metadata_mut().insert(
+            "authorization",
+            format!("{scheme} {OPS_SECRET}").parse().unwrap(),
+        );
+        AdminClient::new(app.channel.clone())
+            .get_stats(request)
+            .await
+            .unwrap_or_else(|status| panic!("{scheme}: {status:?}"));
+    }
+}
+flow_test!(the_bearer_scheme_is_accepted_in_any_case);

@@ -516,3 +516,41 @@ async fn calls_are_answered_while_nobody_reads_the_logs() {
     }
     assert_eq!(queued, CALLS);
 }
+
+/// A caller cannot grow the metrics' label set: a call to a made-up method,
+/// refused before routing for want of a key, is counted as `_OTHER`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_are_counted_under_one_label() {
+    let app = spawn_app_with(Backend::Sqlite, |f| {
+        f.merge(("metrics_listen", "127.0.0.1:0"))
+            .merge(("api_keys", "web:reset:web-9f3c0a1b2c3d4e5f60718293a4b5c6d7"))
+    })
+    .await;
+    let addr = app.metrics_addr.expect("metrics are served");
+    let mut grpc = tonic::client::Grpc::new(app.channel.clone());
+    for made_up in ["Made-Up-1", "Made-Up-2"] {
+        grpc.ready().await.unwrap();
+        let path = format!("/rekey.v1.PasswordReset/{made_up}");
+        let refused = grpc
+            .unary(
+                tonic::Request::new(pb::GetStatsRequest::default()),
+                path.parse().unwrap(),
+                tonic_prost::ProstCodec::<pb::GetStatsRequest, pb::GetStatsResponse>::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    }
+    let text = scrape(addr).await;
+    assert!(!text.contains("Made-Up"), "{text}");
+    let other = [
+        ("rpc_service", "_OTHER"),
+        ("rpc_method", "_OTHER"),
+        ("rpc_grpc_status_code", "16"),
+    ];
+    assert_eq!(
+        sample(&text, "rpc_server_duration_seconds_count", &other),
+        Some(2.0),
+        "{text}"
+    );
+}
