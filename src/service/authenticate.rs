@@ -112,7 +112,9 @@ pub async fn authenticate(
                 ..Default::default()
             };
             let row = audit::row(AuditKind::AuthenticationFailed, event, now);
+            // The failure is counted already: its audit row waits for room.
             ctx.writes
+                .waiting()
                 .insert::<ServiceError>(Rows::default().audit(row))
                 .await?;
             tracing::info!(email = %email.masked(), "authentication failed");

@@ -189,7 +189,10 @@ async fn refuse(
         ..Default::default()
     };
     let row = audit::row(AuditKind::RateLimited, event, now);
+    // The refusal stands: its audit row waits for room rather than turn
+    // it into a busy answer with a shorter retry.
     ctx.writes
+        .waiting()
         .insert::<ServiceError>(Rows::default().audit(row))
         .await?;
     tracing::info!(email = %refused.email.masked(), limit = meter.setting, "rate limited");

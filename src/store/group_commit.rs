@@ -171,7 +171,7 @@ impl GroupCommit {
         })
     }
 
-    /// The same lanes, for calls: work submitted while its lane already
+    /// The same lanes, for calls: work submitted while every lane already
     /// queues [`LANE_QUEUE`] pieces fails at once with
     /// [`StoreError::Saturated`] rather than waiting for room, so callers
     /// are refused with a retry delay instead of waiting out their
@@ -179,6 +179,15 @@ impl GroupCommit {
     pub fn refusing_when_full(&self) -> Self {
         Self {
             refuse_when_full: true,
+            ..self.clone()
+        }
+    }
+
+    /// The same lanes, waiting for room: for a write that must be kept
+    /// with an answer already decided (the audit row of a refusal).
+    pub fn waiting(&self) -> Self {
+        Self {
+            refuse_when_full: false,
             ..self.clone()
         }
     }
@@ -237,22 +246,35 @@ impl GroupCommit {
     {
         let (answer, answered) = oneshot::channel();
         let job = erase(step, rows, answer);
-        let lane = &self.lanes[self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len()];
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
         if self.refuse_when_full {
-            lane.try_send(job).map_err(|refused| match refused {
-                mpsc::error::TrySendError::Full(_) => StoreFailure {
-                    doing: "queueing a write",
-                    source: StoreError::Saturated,
-                },
-                mpsc::error::TrySendError::Closed(_) => lane_gone(),
-            })?;
+            self.try_submit(first, job)?;
         } else {
-            lane.send(job).await.map_err(|_| lane_gone())?;
+            self.lanes[first % self.lanes.len()]
+                .send(job)
+                .await
+                .map_err(|_| lane_gone())?;
         }
         answered
             .await
             .map_err(|_| E::from(lane_gone()))
             .and_then(|result| result)
+    }
+
+    /// Queues `job` on the first lane from `first` on that has room.
+    fn try_submit(&self, first: usize, mut job: Job) -> Result<(), StoreFailure> {
+        for offset in 0..self.lanes.len() {
+            let lane = &self.lanes[first.wrapping_add(offset) % self.lanes.len()];
+            match lane.try_send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(refused)) => job = refused,
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(lane_gone()),
+            }
+        }
+        Err(StoreFailure {
+            doing: "queueing a write",
+            source: StoreError::Saturated,
+        })
     }
 
     /// Waits until the work submitted so far, on every lane, has ended.
@@ -450,9 +472,13 @@ mod tests {
                 tokio::spawn(async move { waiting.insert::<StoreFailure>(Rows::default()).await })
             })
             .collect();
-        while lane.capacity() > 0 {
-            tokio::task::yield_now().await;
-        }
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while lane.capacity() > 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the lane's queue fills");
 
         let refused = refusing
             .insert::<StoreFailure>(Rows::default())
@@ -472,5 +498,32 @@ mod tests {
             .insert::<StoreFailure>(Rows::default())
             .await
             .unwrap();
+    }
+
+    #[test]
+    fn a_call_takes_any_lane_with_room_and_is_refused_only_when_all_are_full() {
+        let (first, _first_jobs) = mpsc::channel(1);
+        let (second, _second_jobs) = mpsc::channel(1);
+        let writes = GroupCommit {
+            lanes: Arc::new([first.clone(), second.clone()]),
+            next: Arc::new(AtomicUsize::new(0)),
+            refuse_when_full: true,
+        };
+        writes.try_submit(0, idle_job()).unwrap();
+        assert_eq!((first.capacity(), second.capacity()), (0, 1));
+        writes.try_submit(0, idle_job()).unwrap();
+        assert_eq!((first.capacity(), second.capacity()), (0, 0));
+        let refused = writes.try_submit(1, idle_job()).unwrap_err();
+        assert!(
+            matches!(refused.source, StoreError::Saturated),
+            "{refused:?}"
+        );
+    }
+
+    fn idle_job() -> Job {
+        fn run<'t>(_: Result<&'t DatabaseTransaction, &'t DbErr>) -> AnswerFuture<'t> {
+            Box::pin(async { (no_answer(), Rows::default()) })
+        }
+        Box::new(run)
     }
 }

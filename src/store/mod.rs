@@ -104,32 +104,27 @@ impl StoreError {
     /// no connection, a connection lost mid-query, a server shutting down
     /// (SQLSTATE 08xxx, 57Pxx) or a SQLite file locked past the busy timeout.
     pub fn is_unavailable(&self) -> bool {
-        use sea_orm::{RuntimeErr, sqlx};
-        let error = match self {
-            StoreError::Database(error) => error,
+        use sea_orm::sqlx;
+        match self {
+            StoreError::Database(DbErr::Conn(_) | DbErr::ConnectionAcquire(_)) => true,
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => {
-                return sqlite_unavailable(failure.code);
+                sqlite_unavailable(failure.code)
             }
-            _ => return false,
-        };
-        match error {
-            DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
-            DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-                match e.as_ref() {
+            _ => match self.sqlx_error() {
+                Some(
                     sqlx::Error::Io(_)
                     | sqlx::Error::PoolTimedOut
                     | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed => true,
-                    sqlx::Error::Database(db_error) => {
-                        let code = db_error.code().unwrap_or_default();
-                        code.starts_with("08")
-                            || code.starts_with("57P")
-                            || db_error.message().contains("database is locked")
-                    }
-                    _ => false,
+                    | sqlx::Error::WorkerCrashed,
+                ) => true,
+                Some(sqlx::Error::Database(db_error)) => {
+                    let code = db_error.code().unwrap_or_default();
+                    code.starts_with("08")
+                        || code.starts_with("57P")
+                        || db_error.message().contains("database is locked")
                 }
-            }
-            _ => false,
+                _ => false,
+            },
         }
     }
 
@@ -137,18 +132,23 @@ impl StoreError {
     /// (SQLSTATE 40P01) or a serialization conflict (40001): the
     /// transaction was rolled back and the same call may simply be retried.
     pub fn is_conflict(&self) -> bool {
-        use sea_orm::{RuntimeErr, sqlx};
-        let StoreError::Database(
-            DbErr::Exec(RuntimeErr::SqlxError(error)) | DbErr::Query(RuntimeErr::SqlxError(error)),
-        ) = self
-        else {
-            return false;
-        };
         matches!(
-            error.as_ref(),
-            sqlx::Error::Database(db_error)
+            self.sqlx_error(),
+            Some(sea_orm::sqlx::Error::Database(db_error))
                 if matches!(db_error.code().as_deref(), Some("40P01" | "40001"))
         )
+    }
+
+    /// The driver's error behind a statement that failed.
+    fn sqlx_error(&self) -> Option<&sea_orm::sqlx::Error> {
+        use sea_orm::RuntimeErr;
+        match self {
+            StoreError::Database(
+                DbErr::Exec(RuntimeErr::SqlxError(error))
+                | DbErr::Query(RuntimeErr::SqlxError(error)),
+            ) => Some(error.as_ref()),
+            _ => None,
+        }
     }
 
     /// True when an insert hit a unique constraint.
