@@ -3,7 +3,7 @@ use std::time::Duration;
 use crate::{
     domain::FieldError,
     security::{callers::Refusal, hashing::HashError},
-    store::{StoreError, StoreFailure},
+    store::StoreFailure,
 };
 
 /// Why a token cannot be used.
@@ -62,7 +62,7 @@ pub enum ServiceError {
 
 impl From<StoreFailure> for ServiceError {
     fn from(failure: StoreFailure) -> Self {
-        if matches!(failure.source, StoreError::Saturated) {
+        if failure.source.is_saturated() {
             ServiceError::Busy {
                 retry_after: spread_retry_delay(),
             }

@@ -128,6 +128,11 @@ impl StoreError {
         }
     }
 
+    /// True when the writes queued for the group commit were at their limit.
+    pub fn is_saturated(&self) -> bool {
+        matches!(self, StoreError::Saturated)
+    }
+
     /// True when PostgreSQL aborted the statement to break a deadlock
     /// (SQLSTATE 40P01) or a serialization conflict (40001): the
     /// transaction was rolled back and the same call may simply be retried.

@@ -391,7 +391,8 @@ async fn audit_events_filter_and_page_and_stats_add_up(backend: Backend) {
 flow_test!(audit_events_filter_and_page_and_stats_add_up);
 
 /// A missing mail id and filter values this server does not know are bad
-/// arguments naming the field, not "not found" or a silently dropped filter.
+/// arguments naming the field, not "not found" or a silently dropped filter
+/// (`violated_fields` checks the code is `INVALID_ARGUMENT`).
 async fn bad_ids_and_unknown_filter_values_are_invalid_arguments(backend: Backend) {
     let mut app = spawn_app(backend).await;
     let refused = app
@@ -399,7 +400,6 @@ async fn bad_ids_and_unknown_filter_values_are_invalid_arguments(backend: Backen
         .retry_mail(pb::RetryMailRequest { mail_id: 0 })
         .await
         .unwrap_err();
-    assert_error(&refused, tonic::Code::InvalidArgument, None);
     assert_eq!(violated_fields(&refused), ["mail_id"]);
 
     let refused = app
@@ -410,7 +410,6 @@ async fn bad_ids_and_unknown_filter_values_are_invalid_arguments(backend: Backen
         })
         .await
         .unwrap_err();
-    assert_error(&refused, tonic::Code::InvalidArgument, None);
     assert_eq!(violated_fields(&refused), ["state"]);
 
     let refused = app
@@ -421,7 +420,6 @@ async fn bad_ids_and_unknown_filter_values_are_invalid_arguments(backend: Backen
         })
         .await
         .unwrap_err();
-    assert_error(&refused, tonic::Code::InvalidArgument, None);
     assert_eq!(violated_fields(&refused), ["kind"]);
 }
 flow_test!(bad_ids_and_unknown_filter_values_are_invalid_arguments);
