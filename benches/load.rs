@@ -74,7 +74,8 @@ pub struct Bench {
     pub authenticate_peak: Option<f64>,
     pub probe_ratio: Option<f64>,
     pub overload: Option<OverloadFigures>,
-    pub mail_ratio: Option<f64>,
+    /// The drain's rate over the plain loop's, in its own process and beside the sink.
+    pub mail_ratio: Option<(f64, f64)>,
     /// Fill rate, delivery rate meanwhile and the drain after, at 1,000 SignUp/s.
     pub paced_mail: Option<(f64, f64, Drain)>,
 }
@@ -168,6 +169,10 @@ fn machine() -> serde_json::Value {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(mail::PLAIN_LOOP_CHILD) {
+        return mail::plain_loop_child(&argv[2..]).await;
+    }
     let args = Args::parse()?;
     let params = Params::defaults();
     let sink = SmtpSink::start().await?;

@@ -100,6 +100,41 @@ impl Outcome {
         Ok(())
     }
 
+    /// The outcome of a closed loop run in a child process, as it prints it
+    /// for [`Outcome::from_json`]: the successes' latencies (each recorded
+    /// value and its count), the failures and the elapsed time.
+    pub fn to_json(&self) -> serde_json::Value {
+        let ok: Vec<[u64; 2]> = self
+            .ok
+            .iter_recorded()
+            .map(|at| [at.value_iterated_to(), at.count_at_value()])
+            .collect();
+        serde_json::json!({
+            "ok": ok,
+            "errors": self.errors,
+            "first_error": self.first_error,
+            "seconds": self.elapsed.as_secs_f64(),
+        })
+    }
+
+    pub fn from_json(json: &serde_json::Value) -> Result<Self> {
+        let mut outcome = Outcome::new()?;
+        for pair in json["ok"].as_array().into_iter().flatten() {
+            let (Some(value), Some(count)) = (pair[0].as_u64(), pair[1].as_u64()) else {
+                anyhow::bail!("a latency that is not [value, count]: {pair}");
+            };
+            outcome.ok.record_n(value, count)?;
+        }
+        outcome.errors = serde_json::from_value(json["errors"].clone())?;
+        outcome.first_error = json["first_error"].as_str().map(str::to_owned);
+        outcome.elapsed = Duration::from_secs_f64(
+            json["seconds"]
+                .as_f64()
+                .ok_or_else(|| anyhow::anyhow!("no elapsed seconds"))?,
+        );
+        Ok(outcome)
+    }
+
     /// Successful calls per second.
     pub fn ok_rps(&self) -> f64 {
         self.ok.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)

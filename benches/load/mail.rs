@@ -3,6 +3,7 @@
 //! whether the outbox drains as fast as `SignUp` fills it at 1,000 calls/s.
 
 use std::{
+    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -28,7 +29,7 @@ use sea_orm::{Database, EntityTrait, TransactionTrait};
 use crate::{
     Bench,
     clients::{self, Connections},
-    driver,
+    driver::{self, Outcome},
     report::{Row, percent_of},
     server::RESET_PAGE,
 };
@@ -38,23 +39,122 @@ const FILL_RATE: f64 = 1000.0;
 
 pub async fn mail(bench: &mut Bench) -> Result<()> {
     bench.drain_quietly().await;
-    let plain = plain_lettre_loop(bench).await?;
-    outbox_drain(bench, plain).await?;
+    let (plain, beside) = plain_lettre_loop(bench).await?;
+    outbox_drain(bench, plain, beside).await?;
     paced_fill(bench).await
 }
 
+/// The first argument that runs the bench binary as the plain loop's
+/// process (see [`plain_loop_child`]).
+pub const PLAIN_LOOP_CHILD: &str = "--plain-mail-loop";
+
 /// The ceiling: rekey's own `Mailer` (templates, lettre pool with the
 /// server's settings) sending sign-up mails, as many at once as the worker
-/// may.
-async fn plain_lettre_loop(bench: &mut Bench) -> Result<f64> {
+/// may, from a process of its own, as the worker sends from the server's:
+/// each SMTP reply crosses from the sink's process to the sender's. The
+/// same loop run in the bench's process, beside the sink, is reported too.
+async fn plain_lettre_loop(bench: &mut Bench) -> Result<(f64, f64)> {
     let concurrency = bench.params.mail_send_concurrency * SENDING_BATCHES;
+    let settings = format!(
+        "sign-up template, same pool settings, {concurrency} sends at once ({SENDING_BATCHES} batches' worth × {})",
+        bench.params.mail_send_concurrency
+    );
+
+    let connections_before = bench.sink.connections();
+    let meter = bench.meter()?;
+    let beside = plain_loop(
+        bench.sink.addr,
+        concurrency,
+        bench.args.duration(),
+        bench.params.smtp_timeout_secs,
+    )
+    .await?;
+    bench.expected_mails += beside.ok.len();
+    let mut row = Row::calls(
+        "mail: plain lettre loop beside the sink",
+        &beside,
+        meter.finish()?,
+    );
+    row.versus = "reference".into();
+    row.note(format!(
+        "in the bench's process, whose runtime also runs the sink; {settings}"
+    ));
+    note_connections(&mut row, bench.sink.connections() - connections_before);
+    bench.check("mail: plain lettre loop beside the sink", &beside, false);
+    bench.report.rows.push(row);
+
+    let connections_before = bench.sink.connections();
+    let meter = bench.meter()?;
+    let alone = plain_loop_in_a_child(bench, concurrency).await?;
+    bench.expected_mails += alone.ok.len();
+    let mut row = Row::calls("mail: plain lettre loop", &alone, meter.finish()?);
+    row.versus = "ceiling".into();
+    row.note(format!(
+        "a process of its own, as the worker's; client CPU = bench (sink) + loop; {settings}"
+    ));
+    note_connections(&mut row, bench.sink.connections() - connections_before);
+    bench.check("mail: plain lettre loop", &alone, false);
+    bench.report.rows.push(row);
+    Ok((alone.ok_rps(), beside.ok_rps()))
+}
+
+/// Runs [`plain_loop`] in a child process: this bench binary started with
+/// [`PLAIN_LOOP_CHILD`].
+async fn plain_loop_in_a_child(bench: &Bench, concurrency: usize) -> Result<Outcome> {
+    let output = tokio::process::Command::new(std::env::current_exe()?)
+        .arg(PLAIN_LOOP_CHILD)
+        .arg(bench.sink.addr.to_string())
+        .arg(concurrency.to_string())
+        .arg(bench.args.duration().as_millis().to_string())
+        .arg(bench.params.smtp_timeout_secs.to_string())
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    if !output.status.success() {
+        return Err(anyhow!(
+            "the plain mail loop's process failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    Outcome::from_json(&json)
+}
+
+/// The plain loop's process: `SINK_ADDR CONCURRENCY MILLISECONDS
+/// SMTP_TIMEOUT_SECONDS`; prints the loop's outcome as JSON.
+pub async fn plain_loop_child(args: &[String]) -> Result<()> {
+    let [addr, concurrency, millis, timeout] = args else {
+        return Err(anyhow!(
+            "usage: {PLAIN_LOOP_CHILD} SINK_ADDR CONCURRENCY MILLISECONDS SMTP_TIMEOUT_SECONDS"
+        ));
+    };
+    let outcome = plain_loop(
+        addr.parse()?,
+        concurrency.parse()?,
+        Duration::from_millis(millis.parse()?),
+        timeout.parse()?,
+    )
+    .await?;
+    println!("{}", outcome.to_json());
+    Ok(())
+}
+
+/// Sends sign-up mails with rekey's `Mailer` to `sink`, `concurrency` at
+/// once, for `duration`.
+async fn plain_loop(
+    sink: SocketAddr,
+    concurrency: usize,
+    duration: Duration,
+    smtp_timeout_secs: u64,
+) -> Result<Outcome> {
     let mailer = Arc::new(Mailer {
         templates: Arc::new(Templates::embedded()?),
         transport: MailTransport::smtp(
-            &format!("smtp://{}", bench.sink.addr),
+            &format!("smtp://{sink}"),
             None,
             None,
-            Duration::from_secs(bench.params.smtp_timeout_secs),
+            Duration::from_secs(smtp_timeout_secs),
             concurrency,
         )?,
         sender: Sender {
@@ -62,9 +162,7 @@ async fn plain_lettre_loop(bench: &mut Bench) -> Result<f64> {
             reply_to: None,
         },
     });
-    let connections_before = bench.sink.connections();
-    let meter = bench.meter()?;
-    let outcome = driver::closed_loop(concurrency, bench.args.duration(), move |_| {
+    driver::closed_loop(concurrency, duration, move |_| {
         let mailer = mailer.clone();
         async move {
             let email = clients::fresh_email("plain");
@@ -81,24 +179,13 @@ async fn plain_lettre_loop(bench: &mut Bench) -> Result<f64> {
                 .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))
         }
     })
-    .await?;
-    bench.expected_mails += outcome.ok.len();
-    let mut row = Row::calls("mail: plain lettre loop", &outcome, meter.finish()?);
-    row.versus = "ceiling".into();
-    row.note(format!(
-        "{concurrency} sends at once ({SENDING_BATCHES} batches' worth × {}), sign-up template, same pool settings",
-        bench.params.mail_send_concurrency
-    ));
-    note_connections(&mut row, bench.sink.connections() - connections_before);
-    bench.check("mail: plain lettre loop", &outcome, false);
-    bench.report.rows.push(row);
-    Ok(outcome.ok_rps())
+    .await
 }
 
 /// Commits a burst of sign-up jobs to the outbox in one transaction, as
 /// that many `SignUp`s would queue them, then times the worker draining
 /// them alone: the server does nothing else meanwhile.
-async fn outbox_drain(bench: &mut Bench, plain: f64) -> Result<()> {
+async fn outbox_drain(bench: &mut Bench, plain: f64, beside: f64) -> Result<()> {
     let burst = ((plain * bench.args.duration().as_secs_f64()) as u64).max(500);
     let filled = Instant::now();
     queue_sign_ups(&bench.server.database_url, burst).await?;
@@ -135,7 +222,8 @@ async fn outbox_drain(bench: &mut Bench, plain: f64) -> Result<()> {
         row.note("rate over the part drained");
     }
     note_connections(&mut row, connections);
-    bench.mail_ratio = Some(rate / plain);
+    row.note(percent_of(rate, beside, "the loop beside the sink"));
+    bench.mail_ratio = Some((rate / plain, rate / beside));
     bench.report.rows.push(row);
     Ok(())
 }

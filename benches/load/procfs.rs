@@ -27,7 +27,8 @@ impl Process {
         }
     }
 
-    /// CPU seconds used so far, all threads, user plus system.
+    /// CPU seconds used so far, all threads, user plus system; for
+    /// `Current`, with the children it has waited for.
     pub fn cpu_seconds(self) -> Result<f64> {
         let stat = std::fs::read_to_string(self.path("stat")).context("reading stat")?;
         // The command name may hold spaces; the fields follow its ')'.
@@ -35,14 +36,21 @@ impl Process {
             .rsplit_once(')')
             .map(|(_, rest)| rest.split_whitespace().collect())
             .ok_or_else(|| anyhow!("unexpected /proc stat format"))?;
-        // Fields 14 and 15 (utime, stime); the slice starts at field 3.
+        // Fields 14 and 15 (utime, stime), then 16 and 17 (cutime, cstime:
+        // the children waited for, such as the plain mail loop's process;
+        // the server is waited for only at the end); the slice starts at
+        // field 3.
         let ticks = |i: usize| -> Result<f64> {
             Ok(fields
                 .get(i)
                 .ok_or_else(|| anyhow!("short /proc stat"))?
                 .parse::<f64>()?)
         };
-        Ok((ticks(11)? + ticks(12)?) / ticks_per_second())
+        let children = match self {
+            Process::Current => ticks(13)? + ticks(14)?,
+            Process::Pid(_) => 0.0,
+        };
+        Ok((ticks(11)? + ticks(12)? + children) / ticks_per_second())
     }
 
     /// (VmRSS, VmHWM) in MiB.

@@ -19,7 +19,7 @@ use crate::{
 const SEED_ACCOUNTS: usize = 8;
 
 /// The order rows are printed in.
-const ROW_ORDER: [&str; 13] = [
+const ROW_ORDER: [&str; 14] = [
     "health",
     "request-reset",
     "sign-up",
@@ -30,6 +30,7 @@ const ROW_ORDER: [&str; 13] = [
     "probe idle (health port)",
     "probe-under-load",
     "overload",
+    "mail: plain lettre loop beside the sink",
     "mail: plain lettre loop",
     "mail: outbox → sink",
     "mail: SignUp paced 1,000/s",

@@ -261,12 +261,14 @@ impl WriterState {
 impl ProxyDatabaseTrait for SqliteWriter {
     async fn query(&self, statement: Statement) -> Result<Vec<ProxyRow>, DbErr> {
         let narrow = &self.narrow_columns;
+        let statement = with_literal_limits(statement);
         self.run(&statement, |state| {
             query(&state.connection, &statement, narrow).map_err(|error| db_error(&error))
         })
     }
 
     async fn execute(&self, statement: Statement) -> Result<ProxyExecResult, DbErr> {
+        let statement = with_literal_limits(statement);
         self.run(&statement, |state| {
             let mut prepared = state
                 .connection
@@ -298,6 +300,71 @@ impl ProxyDatabaseTrait for SqliteWriter {
 
     fn start_rollback(&self) {
         self.end(false);
+    }
+}
+
+/// `statement` with each `LIMIT ?` bound to an integer written into the SQL
+/// instead. SQLite plans a bound limit with its value, so a statement whose
+/// limit is bound is prepared again at every execution (its status counts a
+/// re-prepare each time); a literal limit keeps the cached plan. The limits
+/// the store binds are a few constants (batch sizes, 1), so the cache holds
+/// a statement per limit.
+fn with_literal_limits(statement: Statement) -> Statement {
+    const BOUND_LIMIT: &str = " LIMIT ?";
+    let Some(values) = statement.values.as_ref() else {
+        return statement;
+    };
+    if !statement.sql.contains(BOUND_LIMIT) {
+        return statement;
+    }
+    let mut sql = String::with_capacity(statement.sql.len());
+    let mut kept = Vec::with_capacity(values.0.len());
+    let mut placeholder = 0;
+    let mut quote: Option<char> = None;
+    let mut rest = statement.sql.as_str();
+    while let Some(next) = rest.chars().next() {
+        if quote.is_none() && next == '?' {
+            let value = values.0.get(placeholder);
+            placeholder += 1;
+            match value.and_then(literal_limit) {
+                Some(limit) if sql.ends_with(" LIMIT ") => sql.push_str(&limit.to_string()),
+                _ => {
+                    sql.push('?');
+                    if let Some(value) = value {
+                        kept.push(value.clone());
+                    }
+                }
+            }
+        } else {
+            // A doubled quote inside a literal closes and reopens it.
+            match (quote, next) {
+                (None, '\'' | '"') => quote = Some(next),
+                (Some(open), _) if open == next => quote = None,
+                _ => {}
+            }
+            sql.push(next);
+        }
+        rest = &rest[next.len_utf8()..];
+    }
+    if placeholder != values.0.len() {
+        // Not the placeholders this scan expects: leave the statement alone.
+        return statement;
+    }
+    Statement {
+        sql,
+        values: Some(sea_orm::Values(kept)),
+        ..statement
+    }
+}
+
+/// A limit's value as written into SQL: a non-negative integer.
+fn literal_limit(value: &Value) -> Option<u64> {
+    match value {
+        Value::BigUnsigned(Some(v)) => Some(*v),
+        Value::Unsigned(Some(v)) => Some(u64::from(*v)),
+        Value::BigInt(Some(v)) => u64::try_from(*v).ok(),
+        Value::Int(Some(v)) => u64::try_from(*v).ok(),
+        _ => None,
     }
 }
 
@@ -553,6 +620,81 @@ mod tests {
             Some("00-abc-def-01")
         );
         assert_eq!(through_writer.status, MailStatus::Dead);
+    }
+
+    #[test]
+    fn bound_limits_are_written_into_the_sql_and_nothing_else_moves() {
+        let statement = Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            r#"SELECT "id" FROM "t" WHERE "a" = ? AND "b" = 'it''s ?' AND "c?" = ? LIMIT ? OFFSET ?"#,
+            [
+                Value::from("x"),
+                Value::from(7_i64),
+                Value::from(32_u64),
+                Value::from(5_u64),
+            ],
+        );
+        let written = with_literal_limits(statement);
+        assert_eq!(
+            written.sql,
+            r#"SELECT "id" FROM "t" WHERE "a" = ? AND "b" = 'it''s ?' AND "c?" = ? LIMIT 32 OFFSET ?"#
+        );
+        assert_eq!(
+            written.values.unwrap().0,
+            vec![Value::from("x"), Value::from(7_i64), Value::from(5_u64)]
+        );
+
+        // A limit that is not a non-negative integer stays bound.
+        let negative = Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            r#"SELECT "id" FROM "t" LIMIT ?"#,
+            [Value::from(-1_i64)],
+        );
+        let kept = with_literal_limits(negative.clone());
+        assert_eq!(kept.sql, negative.sql);
+        assert_eq!(kept.values, negative.values);
+    }
+
+    #[tokio::test]
+    async fn a_claim_keeps_its_prepared_plan_from_one_batch_to_the_next() {
+        let db = store::migrated_sqlite_file().await;
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let observer: StatementObserver = {
+            let seen = seen.clone();
+            Arc::new(move |info: &sea_orm::metric::Info<'_>| {
+                seen.lock().unwrap().push(info.statement.sql.clone());
+            })
+        };
+        let writer = SqliteWriter::open_url(&db.url, Some(observer))
+            .unwrap()
+            .unwrap();
+        let proxy = writer.connection().unwrap();
+        for (i, email) in ["a@example.com", "b@example.com", "c@example.com"]
+            .iter()
+            .enumerate()
+        {
+            outbox::enqueue(&proxy, email, &intent(), 1_000 + i as i64)
+                .await
+                .unwrap();
+        }
+        seen.lock().unwrap().clear();
+        for now in [2_000, 3_000, 4_000] {
+            let claimed = outbox::claim_due(&proxy, now, now + 10, 1, 12)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1);
+        }
+        assert!(writer.take_failure().is_none());
+
+        let claims: HashSet<String> = seen.lock().unwrap().iter().cloned().collect();
+        assert_eq!(claims.len(), 1, "{claims:?}");
+        let claim = claims.into_iter().next().unwrap();
+        assert!(claim.contains(" LIMIT 1 "), "{claim}");
+        let state = writer.lock().unwrap();
+        let cached = state.connection.prepare_cached(&claim).unwrap();
+        assert_eq!(cached.get_status(rusqlite::StatementStatus::Run), 3);
+        // A bound limit had SQLite prepare the claim again at every run.
+        assert_eq!(cached.get_status(rusqlite::StatementStatus::RePrepare), 0);
     }
 
     async fn mail_outbox_by_id(db: &DatabaseConnection, id: i64) -> outbox::MailJob {
