@@ -69,33 +69,53 @@ async fn plain_lettre_loop(bench: &mut Bench) -> Result<(f64, f64)> {
         bench.params.smtp_timeout_secs,
     )
     .await?;
-    bench.expected_mails += beside.ok.len();
-    let mut row = Row::calls(
+    let usage = meter.finish()?;
+    report_plain_loop(
+        bench,
         "mail: plain lettre loop beside the sink",
+        "reference",
+        format!("in the bench's process, whose runtime also runs the sink; {settings}"),
         &beside,
-        meter.finish()?,
+        usage,
+        connections_before,
     );
-    row.versus = "reference".into();
-    row.note(format!(
-        "in the bench's process, whose runtime also runs the sink; {settings}"
-    ));
-    note_connections(&mut row, bench.sink.connections() - connections_before);
-    bench.check("mail: plain lettre loop beside the sink", &beside, false);
-    bench.report.rows.push(row);
 
     let connections_before = bench.sink.connections();
     let meter = bench.meter()?;
     let alone = plain_loop_in_a_child(bench, concurrency).await?;
-    bench.expected_mails += alone.ok.len();
-    let mut row = Row::calls("mail: plain lettre loop", &alone, meter.finish()?);
-    row.versus = "ceiling".into();
-    row.note(format!(
-        "a process of its own, as the worker's; client CPU = bench (sink) + loop; {settings}"
-    ));
-    note_connections(&mut row, bench.sink.connections() - connections_before);
-    bench.check("mail: plain lettre loop", &alone, false);
-    bench.report.rows.push(row);
+    let usage = meter.finish()?;
+    report_plain_loop(
+        bench,
+        "mail: plain lettre loop",
+        "ceiling",
+        format!(
+            "a process of its own, as the worker's; client CPU = bench (sink) + loop; {settings}"
+        ),
+        &alone,
+        usage,
+        connections_before,
+    );
     Ok((alone.ok_rps(), beside.ok_rps()))
+}
+
+/// One plain loop's row: its mails are expected at the sink, and any
+/// failed send fails the run.
+fn report_plain_loop(
+    bench: &mut Bench,
+    scenario: &str,
+    versus: &str,
+    note: String,
+    outcome: &Outcome,
+    usage: crate::procfs::Usage,
+    connections_before: u64,
+) {
+    bench.expected_mails += outcome.ok.len();
+    let mut row = Row::calls(scenario, outcome, usage);
+    row.versus = versus.into();
+    row.note(note);
+    note_connections(&mut row, bench.sink.connections() - connections_before);
+    bench.check(scenario, outcome, false);
+    bench.report.rows.push(row);
 }
 
 /// Runs [`plain_loop`] in a child process: this bench binary started with
