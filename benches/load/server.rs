@@ -42,7 +42,7 @@ impl Params {
             hash_permits: std::thread::available_parallelism().map_or(1, |n| n.get()),
             hash_queue_depth: 64,
             mail_send_concurrency: 32,
-            mail_batch_size: 32,
+            mail_batch_size: 64,
             smtp_timeout_secs: 30,
         }
     }

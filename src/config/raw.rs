@@ -164,7 +164,7 @@ impl Default for RawSettings {
             // 5 s doubling to 15 min: about an hour of retries in all.
             mail_max_attempts: 12,
             mail_backoff_max: Duration::from_secs(15 * 60),
-            mail_batch_size: 32,
+            mail_batch_size: 64,
             mail_lease: Duration::from_secs(120),
             mail_send_concurrency: 32,
             health_check_interval: Duration::from_secs(5),
